@@ -1,0 +1,277 @@
+//! The command line: clap definitions, dispatch to the library, and output (tables or JSON).
+//! No backup logic lives here.
+
+mod commands;
+mod output;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::run;
+
+/// backstop — backups you can prove restore.
+///
+/// Backs up file trees to deduplicated, compressed, encrypted and verified repositories,
+/// restores them safely, and records every run in a catalog.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about, long_about = None, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad arguments or configuration, \
+3 finished but some files failed (named in the output), 10 no repository, 11 repository locked, \
+12 wrong password, 13 repository data corrupt or damaged.";
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Catalog database URL [default: sqlite://DATA_DIR/catalog.db].
+    #[arg(long, global = true, env = "BACKSTOP_CATALOG", value_name = "URL")]
+    pub catalog: Option<String>,
+    /// Directory for the catalog and caches [default: $XDG_DATA_HOME/backstop].
+    #[arg(long, global = true, env = "BACKSTOP_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which repository, and how to open it.
+#[derive(Debug, Args, Clone)]
+pub struct RepoArgs {
+    /// Repository location (a directory path).
+    #[arg(short, long, env = "BACKSTOP_REPO", value_name = "REPO")]
+    pub repo: Option<String>,
+    /// Wait up to this long for another operation's lock (e.g. 10m) [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub retry_lock: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, env = "BACKSTOP_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use the first line it prints as the password.
+    #[arg(long, env = "BACKSTOP_PASSWORD_COMMAND", value_name = "CMD")]
+    pub password_command: Option<String>,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository (encrypted unless --no-encryption).
+    ///
+    /// The password comes from BACKSTOP_PASSWORD, --password-file or --password-command.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Store data unencrypted (only for storage you fully trust).
+        #[arg(long)]
+        no_encryption: bool,
+    },
+    /// Back up paths (or a policy's source) into a repository.
+    ///
+    /// Incremental by default: files whose size, mtime, ctime and inode match the last
+    /// snapshot of the same paths on this host are not read again. --full re-reads all.
+    /// Every new pack is read back and checked before the snapshot is committed.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// List the entries of a snapshot (below PATH if given).
+    Ls {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id (or unique prefix), or "latest".
+        snapshot: String,
+        /// Directory inside the snapshot.
+        path: Option<String>,
+    },
+    /// Restore a snapshot (or some of its paths) into a directory.
+    ///
+    /// Nothing is written outside --target. Every chunk is checked against its hash; a
+    /// file whose data is missing or corrupt is not left behind, it is named and the
+    /// command exits with status 3 after restoring everything else.
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id (or unique prefix), or "latest".
+        snapshot: String,
+        /// Directory to restore into (created if missing).
+        #[arg(short, long, value_name = "DIR")]
+        target: PathBuf,
+        /// Restore only paths matching this glob (repeatable), e.g. "etc/ssh/**".
+        #[arg(short, long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Show what would be restored; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the repository's structure, and optionally re-read its data.
+    Verify {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Re-read and re-hash every pack and chunk.
+        #[arg(long, conflicts_with = "read_data_subset")]
+        read_data: bool,
+        /// Re-read this share of the packs (e.g. 10%), least recently verified first.
+        #[arg(long, value_name = "N%")]
+        read_data_subset: Option<String>,
+    },
+    /// Remove snapshots that retention rules do not keep (data goes with `prune`).
+    ///
+    /// Prints every snapshot with the rules that keep it, or "remove". Rules come from
+    /// flags, or from a policy's [retention] table (flags override it rule by rule);
+    /// calendar rules count periods in --timezone (default: the policy's, else UTC).
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        keep: crate::policy::retention::KeepRules,
+        /// Take retention rules and time zone from this policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Time zone for calendar rules (IANA name, e.g. Asia/Shanghai).
+        #[arg(long, value_name = "TZ")]
+        timezone: Option<String>,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune afterwards.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Delete data no snapshot references, safely, in two phases.
+    ///
+    /// Unreferenced packs are marked now and deleted by a later prune once the grace
+    /// period has passed (and only if still unreferenced then); mostly unused packs are
+    /// repacked first. Holds the exclusive lock.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        prune: PruneArgs,
+    },
+    /// Rebuild the index from the packs; set damaged packs aside.
+    ///
+    /// Reads every pack. Intact packs are indexed from their own headers; blobs that still
+    /// verify are salvaged from damaged packs, which move to damaged/. Lost data is no
+    /// longer trusted, so the next backup stores it again if the source still has it.
+    Repair {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove stale locks (expired, or held by a process that no longer exists).
+    Unlock {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Show repositories, latest snapshots and recent runs from the catalog.
+    Status,
+    /// Catalog maintenance.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Run the example policy end to end: init, backup, verify, restore, compare.
+    Demo {
+        /// The policy to demonstrate.
+        #[arg(long, default_value = "policies/example.toml")]
+        policy: PathBuf,
+    },
+}
+
+/// `backup` arguments.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Back up a policy's source to each of its targets instead of PATHs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["paths", "repo"])]
+    pub policy: Option<PathBuf>,
+    /// Re-read every file (default: incremental).
+    #[arg(long)]
+    pub full: bool,
+    /// Leave out paths matching this glob (repeatable), e.g. "*.tmp" or "/var/cache/**".
+    #[arg(short, long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Back up only files matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Do not cross into other file systems.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Ignore inode numbers when looking for unchanged files (network file systems).
+    #[arg(long)]
+    pub ignore_inode: bool,
+    /// Tag the snapshot (repeatable).
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// zstd compression level (0 to disable).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    pub compression: i32,
+    /// Paths to back up.
+    pub paths: Vec<PathBuf>,
+}
+
+/// `prune` options.
+#[derive(Debug, Args, Clone)]
+pub struct PruneArgs {
+    /// Show what would be marked and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long a pack stays marked before it may be deleted.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub grace: String,
+}
+
+/// `catalog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Reconstruct the catalog's snapshot records from a repository.
+    Rebuild {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files without running anything.
+    Check {
+        /// Policy files (default: policies/*.toml).
+        files: Vec<PathBuf>,
+    },
+}

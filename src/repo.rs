@@ -1,0 +1,316 @@
+//! Repository format v1 (see `docs/FORMAT.md`): config, keys, packs, index, trees, snapshots, locks.
+//!
+//! Layout on storage:
+//! ```text
+//! config                 plaintext JSON: format version, id, chunker, pack size
+//! keys/<hash>            key files: the master key wrapped with a passphrase (Argon2id)
+//! data/<xx>/<hash>       packs of sealed blobs (chunks and trees)
+//! index/<hash>           sealed index files: which pack holds which blob
+//! snapshots/<hash>       sealed snapshot manifests
+//! locks/<random>         lock objects
+//! ```
+//! Every object but `config` and locks is named by the BLAKE3 hash of its stored bytes and
+//! never modified. Commit order: packs, then index, then the manifest — so a snapshot whose
+//! manifest exists has all its data, and a crash leaves at worst unreferenced packs.
+
+pub mod config;
+pub mod id;
+pub mod index;
+pub mod lock;
+pub mod pack;
+pub mod prune;
+pub mod repair;
+pub mod snapshot;
+pub mod tree;
+
+use std::sync::Arc;
+
+pub use config::RepoConfig;
+pub use id::Id;
+pub use index::{Index, IndexFile, IndexPack};
+pub use snapshot::{BackupKind, Snapshot, Summary};
+pub use tree::{Node, NodeKind, Piece, Timestamp, Tree};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::{Chunker, ChunkerParams, Crypto, KdfParams, KeyFile, MasterKey};
+use crate::storage::Storage;
+
+/// Default target pack size.
+pub const PACK_SIZE: u32 = 16 * 1024 * 1024;
+
+/// Options for creating a repository.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Encrypt with this passphrase; `None` creates an unencrypted repository.
+    pub passphrase: Option<Vec<u8>>,
+    /// Key derivation cost.
+    pub kdf: KdfParams,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+}
+
+/// An open repository.
+#[derive(Clone)]
+pub struct Repo {
+    storage: Storage,
+    config: RepoConfig,
+    crypto: Arc<Crypto>,
+}
+
+impl Repo {
+    /// Creates a repository on empty storage.
+    pub fn init(storage: Storage, opts: &InitOptions) -> Result<Repo> {
+        if storage.exists("config")? {
+            return Err(Error::config(format!(
+                "{} already holds a repository",
+                storage.location()
+            )));
+        }
+        let config = RepoConfig {
+            version: config::FORMAT_VERSION,
+            id: Id::random(),
+            encrypted: opts.passphrase.is_some(),
+            chunker: opts.chunker,
+            pack_size: PACK_SIZE,
+        };
+        let crypto = match &opts.passphrase {
+            Some(p) => {
+                let key = MasterKey::generate();
+                let kf = serde_json::to_vec_pretty(&KeyFile::wrap(&key, p, opts.kdf)?)
+                    .expect("key file serializes");
+                let id = Id::hash(&kf);
+                storage.write_verified(&format!("keys/{id}"), kf, &id)?;
+                Crypto::keyed(&key)
+            }
+            None => Crypto::None,
+        };
+        // The config goes last: a repository exists once its config does.
+        storage.write(
+            "config",
+            serde_json::to_vec_pretty(&config).expect("config serializes"),
+        )?;
+        Ok(Repo {
+            storage,
+            config,
+            crypto: Arc::new(crypto),
+        })
+    }
+
+    /// Opens an existing repository; `passphrase` is asked only if it is encrypted.
+    pub fn open(storage: Storage, passphrase: impl FnOnce() -> Result<Vec<u8>>) -> Result<Repo> {
+        let raw = match storage.read("config") {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                return Err(Error::new(
+                    ErrorKind::RepoNotFound,
+                    format!(
+                        "there is no repository at {} (run `backstop init` first)",
+                        storage.location()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::decode(&raw)?;
+        let crypto = if config.encrypted {
+            let pass = passphrase()?;
+            let keys = storage.list("keys/")?;
+            if keys.is_empty() {
+                return Err(Error::corrupt(
+                    "the repository is encrypted but has no key files",
+                ));
+            }
+            let mut last = None;
+            let mut found = None;
+            for k in keys {
+                let bytes = storage.read(&k.path)?;
+                let kf: KeyFile = match serde_json::from_slice(&bytes) {
+                    Ok(kf) => kf,
+                    Err(e) => {
+                        last = Some(Error::corrupt(format!(
+                            "key file {} is malformed: {e}",
+                            k.path
+                        )));
+                        continue;
+                    }
+                };
+                match kf.unwrap_key(&pass) {
+                    Ok(key) => {
+                        found = Some(key);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match found {
+                Some(key) => Crypto::keyed(&key),
+                None => return Err(last.expect("at least one key file was tried")),
+            }
+        } else {
+            Crypto::None
+        };
+        Ok(Repo {
+            storage,
+            config,
+            crypto: Arc::new(crypto),
+        })
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Sealing and chunk ids.
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    /// A chunker for this repository's parameters and key.
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker, self.crypto.chunker_seed())
+    }
+
+    /// Reads and opens a sealed content-addressed object, checking its name first.
+    /// A mismatch is read again (a corrupted transfer) before it counts as corruption.
+    pub fn read_object(&self, path: &str, id: &Id) -> Result<Vec<u8>> {
+        for _ in 0..3 {
+            let bytes = self.storage.read(path)?;
+            if Id::hash(&bytes) == *id {
+                return self.crypto.open(&bytes).map_err(|e| e.context(path));
+            }
+        }
+        Err(Error::corrupt(format!("{path} does not match its hash")))
+    }
+
+    /// Seals and writes a content-addressed object under `dir`, verified by read-back.
+    pub fn write_object(&self, dir: &str, plain: Vec<u8>) -> Result<Id> {
+        let sealed = self.crypto.seal(plain);
+        let id = Id::hash(&sealed);
+        self.storage
+            .write_verified(&format!("{dir}/{id}"), sealed, &id)?;
+        Ok(id)
+    }
+
+    /// Stores a finished pack (verified by read-back) and returns its index record.
+    pub fn store_pack(&self, p: crate::pipeline::packer::FinishedPack) -> Result<IndexPack> {
+        let size = p.bytes.len() as u64;
+        self.storage
+            .write_verified(&pack::path(&p.id), p.bytes, &p.id)?;
+        let mut offset = 0;
+        let blobs = p
+            .entries
+            .into_iter()
+            .map(|entry| {
+                let b = index::IndexBlob { offset, entry };
+                offset += b.entry.stored_len;
+                b
+            })
+            .collect();
+        Ok(IndexPack {
+            id: p.id,
+            size,
+            blobs,
+        })
+    }
+
+    /// Loads and merges every index file.
+    pub fn load_index(&self) -> Result<Index> {
+        let mut files = Vec::new();
+        for l in self.storage.list("index/")? {
+            let id = id_from_path(&l.path)?;
+            files.push(IndexFile::decode(&self.read_object(&l.path, &id)?)?);
+        }
+        Ok(Index::from_files(files))
+    }
+
+    /// Writes an index file for `packs`.
+    pub fn save_index(&self, packs: Vec<IndexPack>) -> Result<Id> {
+        self.write_object("index", IndexFile { version: 1, packs }.encode())
+    }
+
+    /// Reads one blob's plaintext (verified against its id).
+    pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>> {
+        let e = index
+            .get(id)
+            .ok_or_else(|| Error::corrupt(format!("blob {id} is not in the index")))?;
+        let (pack, _) = index.pack(e.pack);
+        let start = u64::from(e.offset);
+        let stored = self
+            .storage
+            .read_range(&pack::path(&pack), start..start + u64::from(e.stored_len))?;
+        pack::open_blob(&stored, &e.header(), &self.crypto)
+            .map_err(|err| err.context(format!("pack {}", pack.short())))
+    }
+
+    /// Loads a tree.
+    pub fn load_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
+        Tree::decode(&self.read_blob(index, id)?)
+            .map_err(|e| e.context(format!("tree {}", id.short())))
+    }
+
+    /// Lists snapshots, oldest first; unreadable manifests are errors.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = Vec::new();
+        for l in self.storage.list("snapshots/")? {
+            let id = id_from_path(&l.path)?;
+            let snap = Snapshot::decode(&self.read_object(&l.path, &id)?)
+                .map_err(|e| e.context(format!("snapshot {}", id.short())))?;
+            out.push((id, snap));
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let mut snaps = self.snapshots()?;
+        if spec == "latest" {
+            return snaps
+                .pop()
+                .ok_or_else(|| Error::config("the repository has no snapshots yet"));
+        }
+        let mut hits = snaps
+            .into_iter()
+            .filter(|(id, _)| id.to_hex().starts_with(spec));
+        match (hits.next(), hits.next()) {
+            (Some(s), None) if spec.len() >= 4 => Ok(s),
+            (Some(_), _) if spec.len() < 4 => {
+                Err(Error::config("give at least 4 digits of a snapshot id"))
+            }
+            (Some(_), Some(_)) => Err(Error::config(format!(
+                "snapshot id prefix '{spec}' is ambiguous"
+            ))),
+            _ => Err(Error::config(format!("no snapshot matches '{spec}'"))),
+        }
+    }
+
+    /// Writes a snapshot manifest: the commit point of a backup.
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        crate::failpoint::hit("before-manifest");
+        let id = self.write_object("snapshots", snap.encode())?;
+        crate::failpoint::hit("after-manifest");
+        Ok(id)
+    }
+}
+
+/// The id named by the last component of an object path.
+pub fn id_from_path(path: &str) -> Result<Id> {
+    path.rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .parse()
+        .map_err(|_| Error::corrupt(format!("unexpected object {path} in the repository")))
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,120 @@
+//! Repair: rebuild the index from the packs themselves.
+//!
+//! Every pack is read and checked. Intact packs are indexed from their own headers. From a
+//! damaged pack (its bytes no longer match its name), blobs that still verify are copied
+//! into a new pack and the damaged pack is moved to `damaged/` (kept for forensics, never
+//! read again). Packs the old index lists but storage lacks are dropped. The new index
+//! replaces the old index files, so blobs that were lost are no longer trusted: the next
+//! backup of a source that still has them stores them again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::pipeline::Packer;
+use crate::pipeline::packer::SealedBlob;
+use crate::repo::index::{IndexBlob, IndexPack};
+use crate::repo::{Id, Repo, id_from_path, pack};
+
+/// What repair found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Packs read.
+    pub packs: usize,
+    /// Packs intact and indexed.
+    pub intact: usize,
+    /// Damaged packs moved to `damaged/`.
+    pub damaged: Vec<Id>,
+    /// Packs the old index listed that are missing from storage.
+    pub missing: Vec<Id>,
+    /// Blobs salvaged from damaged packs.
+    pub salvaged_blobs: usize,
+    /// Blobs lost (listed in the old index, now in no pack).
+    pub lost_blobs: usize,
+}
+
+/// Rebuilds the index; `dry_run` only reports.
+pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairReport> {
+    let _lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
+    let st = repo.storage();
+    let crypto = repo.crypto();
+    let mut report = RepairReport::default();
+    let old_files: Vec<String> = st.list("index/")?.into_iter().map(|l| l.path).collect();
+    // The old index may itself be damaged: read what can be read.
+    let mut old_packs = HashSet::new();
+    let mut old_blobs = HashSet::new();
+    for path in &old_files {
+        let Ok(id) = id_from_path(path) else { continue };
+        match repo
+            .read_object(path, &id)
+            .and_then(|b| crate::repo::IndexFile::decode(&b))
+        {
+            Ok(f) => {
+                for p in f.packs {
+                    old_packs.insert(p.id);
+                    old_blobs.extend(p.blobs.iter().map(|b| b.entry.id));
+                }
+            }
+            Err(e) => tracing::warn!("ignoring unreadable index file {path}: {e}"),
+        }
+    }
+
+    let mut packs = Vec::new();
+    let mut salvage = Packer::new(repo.config().pack_size as usize);
+    let mut present = HashSet::new();
+    let mut have = HashSet::new();
+    for l in st.list("data/")? {
+        let Ok(id) = id_from_path(&l.path) else {
+            continue;
+        };
+        report.packs += 1;
+        present.insert(id);
+        let bytes = st.read(&l.path)?;
+        let intact = Id::hash(&bytes) == id;
+        let located = pack::parse(&bytes, crypto).unwrap_or_default();
+        if intact && !located.is_empty() {
+            report.intact += 1;
+            have.extend(located.iter().map(|b| b.entry.id));
+            packs.push(IndexPack {
+                id,
+                size: bytes.len() as u64,
+                blobs: located.into_iter().map(IndexBlob::from).collect(),
+            });
+            continue;
+        }
+        report.damaged.push(id);
+        for b in located {
+            let stored = &bytes[b.offset as usize..(b.offset + b.entry.stored_len) as usize];
+            if !have.contains(&b.entry.id) && pack::open_blob(stored, &b.entry, crypto).is_ok() {
+                have.insert(b.entry.id);
+                report.salvaged_blobs += 1;
+                salvage.add(SealedBlob {
+                    entry: b.entry,
+                    bytes: stored.to_vec(),
+                });
+            }
+        }
+    }
+    report.missing = old_packs.difference(&present).copied().collect();
+    report.lost_blobs = old_blobs.difference(&have).count();
+    if dry_run {
+        return Ok(report);
+    }
+    if !salvage.is_empty() {
+        packs.push(repo.store_pack(salvage.finish(crypto))?);
+    }
+    let new_index = repo.save_index(packs)?;
+    for path in &old_files {
+        if !path.ends_with(&new_index.to_hex()) {
+            st.delete(path)?;
+        }
+    }
+    for id in &report.damaged {
+        let bytes = st.read(&pack::path(id))?;
+        st.write(&format!("damaged/{id}"), bytes)?;
+        st.delete(&pack::path(id))?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real binary against real file systems (one test binary).
+
+mod integration {
+    pub mod common;
+
+    mod cli;
+    mod corruption;
+    mod crash;
+    mod faults;
+    mod hostile;
+    mod prune;
+    mod roundtrip;
+}

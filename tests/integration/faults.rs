@@ -1,0 +1,221 @@
+//! Storage faults: transient ones are retried, the rest fail clearly, nothing is committed
+//! unless stored and verified, and no corruption goes unnoticed.
+
+use super::common::*;
+
+fn tree(env: &Env, seed: u64) -> std::path::PathBuf {
+    let src = env.path(&format!("src{seed}"));
+    for i in 0..4 {
+        write(
+            &src.join(format!("big{i}.bin")),
+            &noise(seed * 10 + i, 5 << 20),
+        );
+    }
+    for i in 0..30 {
+        write(
+            &src.join(format!("small/{i}.txt")),
+            format!("file {i} of {seed}\n").repeat(40).as_bytes(),
+        );
+    }
+    src
+}
+
+/// An error is one line starting with "error:", never a panic (exit 101) or a backtrace.
+fn assert_clean_failure(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{what} panicked: {err}");
+    assert!(out.status.code().is_some(), "{what} died by a signal");
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ")),
+        "{what}: no clear error: {err}"
+    );
+    assert!(!err.contains("panicked"), "{what}: {err}");
+}
+
+#[test]
+fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
+    let kinds = [
+        "write-error",
+        "write-timeout",
+        "read-error",
+        "read-truncate",
+        "read-bitflip",
+        "list-lag",
+    ];
+    for (n, kind) in kinds.iter().enumerate() {
+        let env = Env::new();
+        env.init();
+        let src = tree(&env, n as u64 + 1);
+        let faults = format!("{kind}=0.25,seed={n}");
+        // Backup under faults: either it committed a complete snapshot, or it failed clearly
+        // and committed nothing.
+        let out = env
+            .run(&["backup"])
+            .arg(&src)
+            .env("BACKSTOP_FAULTS", &faults)
+            .output()
+            .unwrap();
+        let committed = env.snapshots().len();
+        if out.status.success() {
+            assert_eq!(committed, 1, "{kind}");
+        } else {
+            assert_clean_failure(&out, kind);
+            assert_eq!(committed, 0, "{kind}: a failed backup committed a snapshot");
+            env.backup(&src, &[]);
+        }
+        // Without faults, the repository is intact.
+        env.run(&["verify", "--read-data"]).assert().success();
+        // Verify and restore under faults: success means correct, failure means clearly.
+        let out = env
+            .run(&["verify", "--read-data"])
+            .env("BACKSTOP_FAULTS", &faults)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            assert_clean_failure(&out, kind);
+        }
+        let dest = env.path("out");
+        let out = env
+            .run(&["restore", "latest", "--target"])
+            .arg(&dest)
+            .env("BACKSTOP_FAULTS", &faults)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_same_tree(&src, &dest);
+        } else {
+            assert_clean_failure(&out, kind);
+            // Whatever was restored is correct; failed files are not left behind.
+            let restored = if dest.exists() {
+                listing(&dest)
+            } else {
+                vec![]
+            };
+            for e in restored.iter().filter(|e| e.kind == "file") {
+                let rel = std::str::from_utf8(&e.path).unwrap();
+                assert_eq!(
+                    std::fs::read(dest.join(rel)).unwrap(),
+                    std::fs::read(src.join(rel)).unwrap(),
+                    "{kind}: {rel}"
+                );
+            }
+        }
+    }
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn new(path: std::path::PathBuf, size: &str) -> SmallFs {
+        std::fs::create_dir_all(&path).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a small tmpfs needs root (tests run as root in CI)"
+        );
+        SmallFs(path)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn out_of_space_fails_clearly_and_leaves_the_repository_usable() {
+    let env = Env::new();
+    let fs = SmallFs::new(env.path("small"), "24m");
+    let repo = fs.0.join("repo");
+    let run = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.args(args).env("BACKSTOP_REPO", &repo);
+        c
+    };
+    run(&["init"]).assert().success();
+    let small = env.path("small-src");
+    write(&small.join("a.txt"), b"fits");
+    run(&["backup"]).arg(&small).assert().success();
+    let big = env.path("big-src");
+    for i in 0..4 {
+        write(&big.join(format!("{i}.bin")), &noise(i, 10 << 20));
+    }
+    let out = run(&["backup"]).arg(&big).output().unwrap();
+    assert_clean_failure(&out, "backup on a full disk");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No space left"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["snapshots", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "no partial snapshot");
+    run(&["verify", "--read-data"]).assert().success();
+    let dest = env.path("out");
+    run(&["restore", "latest", "--target"])
+        .arg(&dest)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"fits");
+    // The operator makes room; prune reclaims the failed backup's unreferenced packs and
+    // temporary files, and the repository keeps working.
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&fs.0)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    run(&["prune", "--grace", "0s"]).assert().success();
+    run(&["prune", "--grace", "0s"]).assert().success();
+    write(&small.join("b.txt"), b"still works");
+    run(&["backup"]).arg(&small).assert().success();
+    run(&["verify", "--read-data"]).assert().success();
+}
+
+#[test]
+fn repair_rebuilds_the_index_and_the_next_backup_stores_lost_data_again() {
+    let env = Env::new();
+    env.init();
+    let src = tree(&env, 42);
+    let first = env.backup(&src, &[]);
+    let mut packs: Vec<_> = walkdir(&env.repo().join("data"));
+    packs.sort();
+    assert!(packs.len() >= 2);
+    std::fs::remove_file(&packs[0]).unwrap(); // a lost pack
+    let out = env.run(&["repair", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["missing"].as_array().unwrap().len(), 1, "{rep}");
+    assert!(rep["lost_blobs"].as_u64().unwrap() > 0);
+    // The old snapshot is damaged, and verify says which one.
+    let out = env.run(&["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(13));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&first[..8]));
+    // The next backup (incremental!) stores the lost data again instead of trusting the index.
+    let second = env.backup(&src, &[]);
+    let dest = env.restore(&second, "out");
+    assert_same_tree(&src, &dest);
+    // Once the damaged snapshot is forgotten, the repository verifies clean.
+    env.run(&["forget", "--keep-last", "1"]).assert().success();
+    env.run(&["verify", "--read-data"]).assert().success();
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(dir).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
