@@ -470,19 +470,19 @@ fn sealer(sh: &Shared, blobs: Receiver<Blob>, packs: Sender<FinishedPack>) {
     let crypto = sh.repo.crypto();
     for b in blobs {
         let sealed = seal_blob(b.kind, b.id, b.data, sh.opts.compression, crypto);
-        let full = {
-            let mut p = sh.packer.lock().expect("packer lock");
-            p.add(sealed);
-            p.is_full()
-        };
-        if full {
-            // One finished pack waits for the uploader at a time; the other sealers wait
-            // here too instead of piling up more 16 MiB packs (bounded memory).
-            let _slot = sh.upload_slot.lock().expect("slot lock");
-            let p = sh.packer.lock().expect("packer lock").take();
-            if !p.is_empty() && packs.send(p.finish(crypto)).is_err() {
-                return;
-            }
+        let mut packer = sh.packer.lock().expect("packer lock");
+        packer.add(sealed);
+        if !packer.is_full() {
+            continue;
+        }
+        // The full packer stays locked until the previous pack is handed to an uploader:
+        // the other sealers wait with one sealed blob each, so memory stays bounded and a
+        // pack never grows past its target by more than one blob.
+        let _slot = sh.upload_slot.lock().expect("slot lock");
+        let full = packer.take();
+        drop(packer);
+        if packs.send(full.finish(crypto)).is_err() {
+            return;
         }
     }
 }

@@ -104,6 +104,18 @@ impl Env {
         );
         serde_json::from_slice(&out.stdout).expect("json")
     }
+
+    /// The repository's pack files, sorted.
+    pub fn packs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in std::fs::read_dir(self.repo().join("data")).expect("data dir") {
+            for f in std::fs::read_dir(d.expect("entry").path()).expect("pack dir") {
+                out.push(f.expect("entry").path());
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 /// Writes a file, creating parents.

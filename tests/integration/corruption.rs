@@ -1,19 +1,6 @@
 //! Corruption: a flipped byte in any pack is found, named, and fails only what it touches.
 
-use std::path::PathBuf;
-
 use super::common::*;
-
-fn packs(env: &Env) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for d in std::fs::read_dir(env.repo().join("data")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out.sort();
-    out
-}
 
 fn flip(path: &std::path::Path, at: u64) {
     use std::os::unix::fs::FileExt;
@@ -43,7 +30,7 @@ fn flipped_byte_in_any_pack_is_found_and_fails_only_affected_files() {
     }
     env.init();
     let snap = env.backup(&src, &[]);
-    let all = packs(&env);
+    let all = env.packs();
     assert!(all.len() >= 2, "expected several packs, got {}", all.len());
     env.run(&["verify", "--read-data"]).assert().success();
 
@@ -104,7 +91,7 @@ fn subset_verification_rotates_through_least_recently_verified_packs() {
     }
     env.init();
     env.backup(&src, &[]);
-    let total = packs(&env).len();
+    let total = env.packs().len();
     let mut seen = std::collections::HashSet::new();
     for _ in 0..total {
         let out = env

@@ -2,9 +2,12 @@
 
 use super::common::*;
 
+/// 48 MiB of incompressible data: a pack ends at most one 4 MiB chunk past its 16 MiB
+/// target, so every backup of this tree uploads at least three packs, wherever the
+/// repository's seeded chunker cuts.
 fn tree(env: &Env, seed: u64) -> std::path::PathBuf {
     let src = env.path("src");
-    for i in 0..6 {
+    for i in 0..8 {
         write(
             &src.join(format!("f{i}.bin")),
             &noise(seed * 100 + i, 6 << 20),
@@ -20,6 +23,10 @@ fn sigkill_at_named_points_leaves_repository_consistent() {
     env.init();
     let src = tree(&env, 1);
     env.backup(&src, &[]);
+    for pack in env.packs() {
+        let len = pack.metadata().unwrap().len();
+        assert!(len <= (20 << 20) + (64 << 10), "{pack:?}: {len} bytes");
+    }
     let points = [
         "after-lock",
         "after-object-write:1",

@@ -184,8 +184,7 @@ fn repair_rebuilds_the_index_and_the_next_backup_stores_lost_data_again() {
     env.init();
     let src = tree(&env, 42);
     let first = env.backup(&src, &[]);
-    let mut packs: Vec<_> = walkdir(&env.repo().join("data"));
-    packs.sort();
+    let packs = env.packs();
     assert!(packs.len() >= 2);
     std::fs::remove_file(&packs[0]).unwrap(); // a lost pack
     let out = env.run(&["repair", "--json"]).output().unwrap();
@@ -208,14 +207,4 @@ fn repair_rebuilds_the_index_and_the_next_backup_stores_lost_data_again() {
     // Once the damaged snapshot is forgotten, the repository verifies clean.
     env.run(&["forget", "--keep-last", "1"]).assert().success();
     env.run(&["verify", "--read-data"]).assert().success();
-}
-
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for d in std::fs::read_dir(dir).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            out.push(f.unwrap().path());
-        }
-    }
-    out
 }

@@ -15,13 +15,10 @@ fn json(mut cmd: impl std::borrow::BorrowMut<assert_cmd::Command>) -> serde_json
 }
 
 fn repo_bytes(env: &Env) -> u64 {
-    let mut total = 0;
-    for d in std::fs::read_dir(env.repo().join("data")).unwrap() {
-        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
-            total += f.unwrap().metadata().unwrap().len();
-        }
-    }
-    total
+    env.packs()
+        .iter()
+        .map(|p| p.metadata().unwrap().len())
+        .sum()
 }
 
 /// Five snapshots of a changing tree; returns their ids, oldest first.
