@@ -3,8 +3,10 @@
 //! Threads and bounded channels, so every stage runs in parallel and memory stays bounded:
 //! ```text
 //! walker ──files──▶ readers (chunk, hash, dedup) ──new chunks──▶ sealers (zstd, seal, pack)
-//!        ◀─content─┘                                             ──packs──▶ uploaders (write, read back)
+//!        ◀─content─┘
 //! ```
+//! The sealer that fills a pack uploads it (write, read back) while holding one of
+//! `write_concurrency` upload slots; the others go on filling the next pack.
 //! The walker builds trees bottom-up; trees are blobs like chunks. When everything is
 //! uploaded and read back, the index is written, then the snapshot manifest (the commit).
 //! A failure anywhere stops the backup before the manifest: no partial snapshot is visible.
@@ -119,9 +121,6 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
     };
     let shared = Shared::new(repo.clone(), index, opts, progress)?;
     let (blob_tx, blob_rx) = bounded::<Blob>(threads * 2);
-    // Packs are 16 MiB: a finished pack waits for a free uploader (rendezvous) rather than
-    // queueing, so at most packer + one per sealer + one per uploader are in memory.
-    let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
     let (job_tx, job_rx) = unbounded::<FileJob>();
 
     let tree_id = std::thread::scope(|s| -> Result<Id> {
@@ -132,15 +131,10 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         }
         let mut sealers = Vec::new();
         for _ in 0..threads {
-            let (rx, tx) = (blob_rx.clone(), pack_tx.clone());
-            sealers.push(s.spawn(move || sealer(sh, rx, tx)));
+            let rx = blob_rx.clone();
+            sealers.push(s.spawn(move || sealer(sh, rx)));
         }
-        let mut uploaders = Vec::new();
-        for _ in 0..repo.storage().write_concurrency() {
-            let rx = pack_rx.clone();
-            uploaders.push(s.spawn(move || uploader(sh, rx)));
-        }
-        drop((job_rx, blob_rx, pack_rx));
+        drop((job_rx, blob_rx));
         let walker = Walker {
             sh,
             jobs: job_tx,
@@ -156,14 +150,10 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         for h in sealers {
             let _ = h.join();
         }
-        // Flush the last, partial pack.
+        // Store the last, partial pack.
         let last = shared.packer.lock().expect("packer lock").take();
         if !last.is_empty() {
-            let _ = pack_tx.send(last.finish(repo.crypto()));
-        }
-        drop(pack_tx);
-        for h in uploaders {
-            let _ = h.join();
+            shared.upload(last.finish(repo.crypto()));
         }
         walked
     });
@@ -283,7 +273,8 @@ struct Shared<'a> {
     /// Blobs new in this run (queued, packed or uploaded): each is stored once.
     added: Mutex<HashSet<Id>>,
     packer: Mutex<Packer>,
-    upload_slot: Mutex<()>,
+    /// One token per pack that may upload at once (`Storage::write_concurrency`).
+    upload_slots: (Receiver<()>, Sender<()>),
     written: Mutex<Vec<IndexPack>>,
     warnings: Mutex<Vec<String>>,
     error: Mutex<Option<Error>>,
@@ -308,7 +299,14 @@ impl<'a> Shared<'a> {
         };
         Ok(Shared {
             packer: Mutex::new(Packer::new(repo.config().pack_size as usize)),
-            upload_slot: Mutex::new(()),
+            upload_slots: {
+                let n = repo.storage().write_concurrency();
+                let (tx, rx) = bounded(n);
+                for _ in 0..n {
+                    tx.send(()).expect("slot channel");
+                }
+                (rx, tx)
+            },
             repo,
             index,
             added: Mutex::new(HashSet::new()),
@@ -342,6 +340,22 @@ impl<'a> Shared<'a> {
 
     fn failed(&self) -> bool {
         self.error.lock().expect("error lock").is_some()
+    }
+
+    /// Stores a finished pack; after a failure packs are dropped unstored.
+    fn upload(&self, p: FinishedPack) {
+        if self.failed() {
+            return;
+        }
+        let id = p.id;
+        match self.repo.store_pack(p) {
+            Ok(record) => {
+                crate::failpoint::hit("after-pack-upload");
+                self.written.lock().expect("packs lock").push(record);
+                self.progress.items(1);
+            }
+            Err(e) => self.fail(e.context(format!("storing pack {}", id.short()))),
+        }
     }
 }
 
@@ -466,7 +480,7 @@ fn read_file(
     Ok(FileContent { pieces, size })
 }
 
-fn sealer(sh: &Shared, blobs: Receiver<Blob>, packs: Sender<FinishedPack>) {
+fn sealer(sh: &Shared, blobs: Receiver<Blob>) {
     let crypto = sh.repo.crypto();
     for b in blobs {
         let sealed = seal_blob(b.kind, b.id, b.data, sh.opts.compression, crypto);
@@ -475,32 +489,14 @@ fn sealer(sh: &Shared, blobs: Receiver<Blob>, packs: Sender<FinishedPack>) {
         if !packer.is_full() {
             continue;
         }
-        // The full packer stays locked until the previous pack is handed to an uploader:
-        // the other sealers wait with one sealed blob each, so memory stays bounded and a
-        // pack never grows past its target by more than one blob.
-        let _slot = sh.upload_slot.lock().expect("slot lock");
+        // The full packer stays locked until an upload slot frees up: the other sealers
+        // wait with one sealed blob each, so at most one pack per slot plus this one is in
+        // memory, and a pack never grows past its target by more than one blob.
+        sh.upload_slots.0.recv().expect("slot channel");
         let full = packer.take();
         drop(packer);
-        if packs.send(full.finish(crypto)).is_err() {
-            return;
-        }
-    }
-}
-
-fn uploader(sh: &Shared, packs: Receiver<FinishedPack>) {
-    for p in packs {
-        if sh.failed() {
-            continue; // drain so senders never block
-        }
-        let id = p.id;
-        match sh.repo.store_pack(p) {
-            Ok(record) => {
-                crate::failpoint::hit("after-pack-upload");
-                sh.written.lock().expect("packs lock").push(record);
-                sh.progress.items(1);
-            }
-            Err(e) => sh.fail(e.context(format!("storing pack {}", id.short()))),
-        }
+        sh.upload(full.finish(crypto));
+        sh.upload_slots.1.send(()).expect("slot channel");
     }
 }
 
