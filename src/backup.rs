@@ -120,7 +120,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         opts.threads
     };
     let shared = Shared::new(repo.clone(), index, opts, progress)?;
-    let (blob_tx, blob_rx) = bounded::<Blob>(threads * 2);
+    let (blob_tx, blob_rx) = bounded::<Blob>(threads);
     let (job_tx, job_rx) = unbounded::<FileJob>();
 
     let tree_id = std::thread::scope(|s| -> Result<Id> {
@@ -139,6 +139,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
             sh,
             jobs: job_tx,
             blobs: blob_tx.clone(),
+            pending: std::cell::Cell::new(0),
         };
         let walked = std::thread::Builder::new()
             .stack_size(64 << 20)
@@ -500,29 +501,29 @@ fn sealer(sh: &Shared, blobs: Receiver<Blob>) {
     }
 }
 
-/// A directory's subtree: stored, or still waiting for its files.
-enum SubTree {
-    Done(Id),
-    Pending(PendingTree),
-}
-
-/// A directory whose nodes may still wait for file content.
+/// A directory whose entries may still wait for content; `nodes[..settled]` wait for none.
+#[derive(Default)]
 struct PendingTree {
     nodes: Vec<(Node, Option<PendingContent>)>,
+    settled: usize,
 }
 
 enum PendingContent {
     File(PathBuf, Receiver<Result<FileContent>>),
-    Dir(Box<SubTree>),
+    Dir(Box<PendingTree>),
 }
 
-/// Files in flight above which the walker finishes subtrees before walking on (bounds memory).
-const MAX_PENDING_FILES: u64 = 20_000;
+/// Files in flight above which the walker waits for the directory it is in before walking
+/// on. Deeper directories settle themselves first, so nodes waiting for content stay
+/// bounded however large the tree is.
+const MAX_PENDING_FILES: u64 = 4_096;
 
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
     jobs: Sender<FileJob>,
     blobs: Sender<Blob>,
+    /// Files queued for the readers whose content the walker has not taken yet.
+    pending: std::cell::Cell<u64>,
 }
 
 impl Walker<'_, '_> {
@@ -533,25 +534,24 @@ impl Walker<'_, '_> {
         if let [root] = roots {
             let meta = root_meta(root)?;
             if meta.is_dir() {
-                let t = self.walk_dir(root, parent_tree.as_ref(), meta.dev(), &mut 0)?;
-                return self.finish(SubTree::Pending(t));
+                let t = self.walk_dir(root, parent_tree.as_ref(), meta.dev())?;
+                return self.finish(t);
             }
         }
         // Several paths, or one file: the root lists them by name.
         let mut nodes = Vec::new();
-        let mut pending = 0;
         for root in roots {
             let meta = root_meta(root)?;
             let name = root.file_name().unwrap_or(root.as_os_str());
             let parent_node = parent_tree
                 .as_ref()
                 .and_then(|t| t.find(name.as_encoded_bytes()));
-            if let Some(n) = self.entry(root, name, &meta, parent_node, meta.dev(), &mut pending)? {
+            if let Some(n) = self.entry(root, name, &meta, parent_node, meta.dev())? {
                 nodes.push(n);
             }
         }
         nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        self.finish(SubTree::Pending(PendingTree { nodes }))
+        self.finish(PendingTree { nodes, settled: 0 })
     }
 
     fn load_parent(&self, id: &Id) -> Option<Tree> {
@@ -578,13 +578,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn walk_dir(
-        &self,
-        dir: &Path,
-        parent: Option<&Tree>,
-        root_dev: u64,
-        pending: &mut u64,
-    ) -> Result<PendingTree> {
+    fn walk_dir(&self, dir: &Path, parent: Option<&Tree>, root_dev: u64) -> Result<PendingTree> {
         let mut entries = Vec::new();
         match std::fs::read_dir(dir) {
             Ok(rd) => {
@@ -602,7 +596,10 @@ impl Walker<'_, '_> {
                 .warn(format!("{}: cannot list directory: {e}", dir.display())),
         }
         entries.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        let mut nodes = Vec::with_capacity(entries.len());
+        let mut tree = PendingTree {
+            nodes: Vec::with_capacity(entries.len()),
+            settled: 0,
+        };
         for name in entries {
             let path = dir.join(&name);
             let meta = match std::fs::symlink_metadata(&path) {
@@ -616,11 +613,14 @@ impl Walker<'_, '_> {
                 continue;
             }
             let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
-            if let Some(n) = self.entry(&path, &name, &meta, parent_node, root_dev, pending)? {
-                nodes.push(n);
+            if let Some(n) = self.entry(&path, &name, &meta, parent_node, root_dev)? {
+                tree.nodes.push(n);
+                if self.pending.get() > MAX_PENDING_FILES {
+                    self.settle(&mut tree)?;
+                }
             }
         }
-        Ok(PendingTree { nodes })
+        Ok(tree)
     }
 
     /// One entry of a directory: metadata now, content queued (files) or walked (dirs).
@@ -631,7 +631,6 @@ impl Walker<'_, '_> {
         meta: &Metadata,
         parent: Option<&Node>,
         root_dev: u64,
-        pending: &mut u64,
     ) -> Result<Option<(Node, Option<PendingContent>)>> {
         let mut node = match files::node_from_metadata(name, path, meta) {
             Ok(n) => n,
@@ -659,7 +658,7 @@ impl Walker<'_, '_> {
                         reply: tx,
                     })
                     .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
-                *pending += 1;
+                self.pending.set(self.pending.get() + 1);
                 Ok(Some((
                     node,
                     Some(PendingContent::File(path.to_path_buf(), rx)),
@@ -669,19 +668,13 @@ impl Walker<'_, '_> {
                 c.dirs.fetch_add(1, Ordering::Relaxed);
                 let sub = if self.sh.opts.one_file_system && meta.dev() != root_dev {
                     // A mount point: kept as an empty directory, its content is another file system's.
-                    PendingTree { nodes: vec![] }
+                    PendingTree::default()
                 } else {
                     let parent_tree = parent
                         .filter(|p| p.kind == NodeKind::Dir)
                         .and_then(|p| p.subtree)
                         .and_then(|id| self.load_parent(&id));
-                    self.walk_dir(path, parent_tree.as_ref(), root_dev, pending)?
-                };
-                let sub = if *pending > MAX_PENDING_FILES {
-                    *pending = 0;
-                    SubTree::Done(self.finish(SubTree::Pending(sub))?)
-                } else {
-                    SubTree::Pending(sub)
+                    self.walk_dir(path, parent_tree.as_ref(), root_dev)?
                 };
                 Ok(Some((node, Some(PendingContent::Dir(Box::new(sub))))))
             }
@@ -703,17 +696,14 @@ impl Walker<'_, '_> {
             })
     }
 
-    /// Waits for a subtree's files, then stores its tree blob; returns the tree id.
-    fn finish(&self, sub: SubTree) -> Result<Id> {
-        let t = match sub {
-            SubTree::Done(id) => return Ok(id),
-            SubTree::Pending(t) => t,
-        };
-        let mut nodes = Vec::with_capacity(t.nodes.len());
-        for (mut node, content) in t.nodes {
+    /// Waits for the content of the entries not settled yet; files that could not be read
+    /// are left out (with a warning).
+    fn settle(&self, tree: &mut PendingTree) -> Result<()> {
+        for (mut node, content) in tree.nodes.split_off(tree.settled) {
             match content {
                 None => {}
                 Some(PendingContent::File(path, rx)) => {
+                    self.pending.set(self.pending.get() - 1);
                     let res = rx
                         .recv()
                         .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
@@ -734,8 +724,16 @@ impl Walker<'_, '_> {
                 }
                 Some(PendingContent::Dir(sub)) => node.subtree = Some(self.finish(*sub)?),
             }
-            nodes.push(node);
+            tree.nodes.push((node, None));
         }
+        tree.settled = tree.nodes.len();
+        Ok(())
+    }
+
+    /// Waits for a directory's content, then stores its tree blob; returns the tree id.
+    fn finish(&self, mut tree: PendingTree) -> Result<Id> {
+        self.settle(&mut tree)?;
+        let nodes = tree.nodes.into_iter().map(|(n, _)| n).collect();
         let data = Tree { nodes }.encode();
         if data.len() > pack::MAX_BLOB_LEN as usize {
             return Err(Error::config(

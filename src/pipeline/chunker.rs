@@ -105,7 +105,9 @@ impl Chunker {
         let max = self.max_size();
         // Small files need only a small buffer (and touching 16 MiB per file costs).
         let want = (2 * max).min(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX));
-        buf.resize(want.max(1), 0);
+        let want = want.max(1);
+        buf.reserve_exact(want.saturating_sub(buf.len()));
+        buf.resize(want, 0);
         let (mut start, mut end, mut total, mut eof) = (0usize, 0usize, 0u64, false);
         loop {
             if !eof && end - start < max {
