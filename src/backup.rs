@@ -159,6 +159,9 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         walked
     });
     if let Some(e) = shared.error.into_inner().expect("error lock") {
+        // A process frozen past its lock's expiry may find its temporary files pruned:
+        // then the lost lock is the cause to report.
+        lock.check()?;
         return Err(e);
     }
     let tree = tree_id?;

@@ -135,10 +135,15 @@ fn a_mark_is_lifted_when_a_new_backup_uses_the_pack_again() {
 #[test]
 fn sigkill_during_prune_loses_nothing_and_the_next_prune_completes() {
     let points = [
+        "prune-after-lock",
+        "after-object-write:1",
+        "after-object-write:2",
         "prune-after-mark",
+        "prune-after-repack",
         "prune-after-index",
         "prune-between-deletes:1",
         "prune-between-deletes:2",
+        "prune-between-deletes:6",
     ];
     for point in points {
         let env = Env::new();
