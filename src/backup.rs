@@ -26,6 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Packer;
 use crate::pipeline::packer::{FinishedPack, seal_blob};
 use crate::progress::Progress;
+use crate::repo::lock::LockGuard;
 use crate::repo::pack::{self, BlobKind};
 use crate::repo::{
     BackupKind, Id, Index, IndexPack, Node, NodeKind, Piece, Repo, Snapshot, Summary, Tree,
@@ -119,7 +120,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
     } else {
         opts.threads
     };
-    let shared = Shared::new(repo.clone(), index, opts, progress)?;
+    let shared = Shared::new(repo.clone(), index, &lock, opts, progress)?;
     let (blob_tx, blob_rx) = bounded::<Blob>(threads);
     let (job_tx, job_rx) = unbounded::<FileJob>();
 
@@ -285,6 +286,7 @@ struct Shared<'a> {
     counters: Counters,
     excludes: GlobSet,
     includes: Option<GlobSet>,
+    lock: &'a LockGuard,
     opts: &'a BackupOptions,
     progress: &'a dyn Progress,
 }
@@ -293,6 +295,7 @@ impl<'a> Shared<'a> {
     fn new(
         repo: Repo,
         index: Index,
+        lock: &'a LockGuard,
         opts: &'a BackupOptions,
         progress: &'a dyn Progress,
     ) -> Result<Self> {
@@ -320,6 +323,7 @@ impl<'a> Shared<'a> {
             counters: Counters::default(),
             excludes: globs(&opts.excludes)?,
             includes,
+            lock,
             opts,
             progress,
         })
@@ -346,10 +350,14 @@ impl<'a> Shared<'a> {
         self.error.lock().expect("error lock").is_some()
     }
 
-    /// Stores a finished pack; after a failure packs are dropped unstored.
+    /// Stores a finished pack; after a failure (or once the lock is lost) packs are dropped
+    /// unstored.
     fn upload(&self, p: FinishedPack) {
         if self.failed() {
             return;
+        }
+        if let Err(e) = self.lock.check() {
+            return self.fail(e);
         }
         let id = p.id;
         match self.repo.store_pack(p) {

@@ -251,9 +251,10 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
             "{uncovered} blob(s) in use are in no pack this prune can see; deleting nothing (run `backstop verify`, then `backstop repair` if needed)"
         )));
     }
-    if let Some(l) = &lock {
-        l.check()?;
-    }
+    // Every delete runs under a lock still ours: once it is lost, a backup may start and
+    // dedup against an old index file that still lists a doomed pack.
+    let still_locked = || lock.as_ref().map_or(Ok(()), |l| l.check());
+    still_locked()?;
     // One new index without the doomed packs, then the old index files, then the packs.
     let doomed: HashSet<Id> = delete.iter().copied().collect();
     let keep: Vec<IndexPack> = {
@@ -270,11 +271,13 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     crate::failpoint::hit("prune-after-index");
     for (path, _) in &index_files {
         if !path.ends_with(&new_index.to_hex()) {
+            still_locked()?;
             st.delete(path)?;
             crate::failpoint::hit("prune-between-deletes");
         }
     }
     for pack in &delete {
+        still_locked()?;
         st.delete(&pack::path(pack))?;
         crate::failpoint::hit("prune-between-deletes");
         st.delete(&mark_path(pack))?;
