@@ -10,7 +10,7 @@
 //! its offsets. Holes are never written, so sparse files stay sparse. A missing or corrupt
 //! chunk fails only the files that need it: they are removed and named, the rest restores.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -63,6 +63,11 @@ struct Item {
     node: Node,
 }
 
+/// Files restored per batch, and chunks planned per batch at most: memory stays bounded
+/// however many files a snapshot holds (a pack shared by two batches is read twice).
+const BATCH_FILES: usize = 4096;
+const BATCH_CHUNKS: u64 = 65_536;
+
 /// Restores snapshot tree `tree` into `opts.target`.
 pub fn run(
     repo: &Repo,
@@ -82,85 +87,107 @@ pub fn run(
     };
     let index = repo.load_index()?;
     let includes = globs(&opts.includes)?;
-    let mut items = Vec::new();
-    collect(
-        repo,
-        &index,
-        tree,
-        Path::new(""),
-        includes.as_ref(),
-        false,
-        &mut items,
-    )?;
-    let total: u64 = items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::File)
-        .map(|i| i.node.size)
-        .sum();
-    let mut out = RestoreOutcome::default();
-    if opts.dry_run {
-        for i in &items {
-            match i.node.kind {
-                NodeKind::File => out.files += 1,
-                NodeKind::Dir => out.dirs += 1,
-                _ => out.others += 1,
+
+    // First pass: the whole tree is checked before anything is written, and counted.
+    let mut planned = RestoreOutcome::default();
+    let mut walk = Walk::new(repo, &index, tree, includes.as_ref())?;
+    while let Some(item) = walk.next_item()? {
+        match item.node.kind {
+            NodeKind::File => {
+                planned.files += 1;
+                planned.bytes += item.node.size;
             }
+            NodeKind::Dir => planned.dirs += 1,
+            _ => planned.others += 1,
         }
-        out.bytes = total;
-        return Ok(out);
+    }
+    if opts.dry_run {
+        return Ok(planned);
     }
     let target = prepare_target(&opts.target)?;
-    progress.phase("restore", Some(total));
+    progress.phase("restore", Some(planned.bytes));
 
-    // Phase 1: create every entry; collect what needs content.
-    let mut files: Vec<FileTask> = Vec::new();
+    // Second pass, in batches: create the entries, then write the batch's file content.
+    let mut out = RestoreOutcome::default();
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    for item in &items {
-        let path = target.join(&item.rel);
-        let node = &item.node;
-        match node.kind {
-            NodeKind::Dir => {
-                make_dir(&path)?;
-                out.dirs += 1;
-                dirs.push((path, node.clone()));
-            }
-            NodeKind::File => {
-                if node.links > 1 {
-                    if let Some(first) = links.get(&(node.dev, node.inode)) {
-                        refuse_symlink(&path)?;
-                        remove_existing_file(&path)?;
-                        std::fs::hard_link(first, &path)
-                            .map_err(|e| Error::io("linking", &path, e))?;
-                        out.others += 1;
-                        continue;
-                    }
-                    links.insert((node.dev, node.inode), path.clone());
+    let mut walk = Walk::new(repo, &index, tree, includes.as_ref())?;
+    let threads = if opts.threads == 0 { 4 } else { opts.threads };
+    loop {
+        let mut files: Vec<FileTask> = Vec::new();
+        let mut chunks_planned = 0;
+        let mut more = false;
+        while let Some(item) = walk.next_item()? {
+            let path = target.join(&item.rel);
+            let node = item.node;
+            match node.kind {
+                NodeKind::Dir => {
+                    make_dir(&path)?;
+                    out.dirs += 1;
+                    dirs.push((path, node));
                 }
-                let f = create_file(&path)?;
-                f.set_len(node.size)
-                    .map_err(|e| Error::io("sizing", &path, e))?;
-                let chunks = node
-                    .content
-                    .iter()
-                    .filter(|p| matches!(p, Piece::Chunk(..)))
-                    .count() as u64;
-                files.push(FileTask {
-                    path,
-                    node: node.clone(),
-                    remaining: AtomicU64::new(chunks),
-                    failed: Mutex::new(None),
-                    done: AtomicBool::new(false),
-                });
-            }
-            _ => {
-                make_special(&path, node, &mut out)?;
-                out.others += 1;
+                NodeKind::File => {
+                    if node.links > 1 {
+                        if let Some(first) = links.get(&(node.dev, node.inode)) {
+                            refuse_symlink(&path)?;
+                            remove_existing_file(&path)?;
+                            std::fs::hard_link(first, &path)
+                                .map_err(|e| Error::io("linking", &path, e))?;
+                            out.others += 1;
+                            continue;
+                        }
+                        links.insert((node.dev, node.inode), path.clone());
+                    }
+                    let f = create_file(&path)?;
+                    f.set_len(node.size)
+                        .map_err(|e| Error::io("sizing", &path, e))?;
+                    let chunks = node
+                        .content
+                        .iter()
+                        .filter(|p| matches!(p, Piece::Chunk(..)))
+                        .count() as u64;
+                    chunks_planned += chunks;
+                    files.push(FileTask {
+                        path,
+                        node,
+                        remaining: AtomicU64::new(chunks),
+                        failed: Mutex::new(None),
+                        done: AtomicBool::new(false),
+                    });
+                    if files.len() >= BATCH_FILES || chunks_planned >= BATCH_CHUNKS {
+                        more = true;
+                        break;
+                    }
+                }
+                _ => {
+                    make_special(&path, &node, &mut out)?;
+                    out.others += 1;
+                }
             }
         }
+        restore_content(repo, &index, &files, threads, progress, &mut out);
+        if !more {
+            break;
+        }
     }
+    // Directories last, deepest first, so their mtimes stay.
+    for (path, node) in dirs.iter().rev() {
+        apply_metadata(path, node, &mut out.warnings);
+    }
+    progress.finish();
+    Ok(out)
+}
 
-    // Phase 2: content, pack by pack.
+/// Writes the content of a batch of files, pack by pack in parallel; then completes the
+/// files and counts them into `out`.
+fn restore_content(
+    repo: &Repo,
+    index: &Index,
+    files: &[FileTask],
+    threads: usize,
+    progress: &dyn Progress,
+    out: &mut RestoreOutcome,
+) {
     let mut by_pack: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
     for (fi, f) in files.iter().enumerate() {
         let mut offset = 0u64;
@@ -181,14 +208,13 @@ pub fn run(
     }
     let cx = ContentCx {
         repo,
-        index: &index,
-        files: &files,
+        index,
+        files,
         bytes: AtomicU64::new(0),
         warnings: Mutex::new(std::mem::take(&mut out.warnings)),
         progress,
     };
     let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
-    let threads = if opts.threads == 0 { 4 } else { opts.threads };
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -200,26 +226,20 @@ pub fn run(
             });
         }
     });
-
-    // Phase 3: finish files that had no chunks or failed; directories last, deepest first.
-    for f in &files {
+    // Files without chunks, and failed ones, are completed here.
+    for f in files {
         if f.remaining.load(Ordering::SeqCst) == 0 || f.failed.lock().expect("lock").is_some() {
             f.complete(&cx.warnings);
         }
     }
     out.warnings = cx.warnings.into_inner().expect("lock");
-    out.bytes = cx.bytes.into_inner();
-    for f in &files {
+    out.bytes += cx.bytes.into_inner();
+    for f in files {
         match f.failed.lock().expect("lock").take() {
             Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
             None => out.files += 1,
         }
     }
-    for (path, node) in dirs.iter().rev() {
-        apply_metadata(path, node, &mut out.warnings);
-    }
-    progress.finish();
-    Ok(out)
 }
 
 struct FileTask {
@@ -356,59 +376,119 @@ fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<()> {
         .map_err(|e| Error::io("writing", path, e))
 }
 
-/// Walks the snapshot tree into `items`, validating names and applying include globs.
-fn collect(
-    repo: &Repo,
-    index: &Index,
-    tree: Id,
-    rel: &Path,
-    includes: Option<&GlobSet>,
-    included: bool,
-    items: &mut Vec<Item>,
-) -> Result<()> {
-    let t = repo.load_tree(index, &tree)?;
-    let mut seen = HashSet::new();
-    for node in t.nodes {
-        if !node.has_safe_name() {
-            return Err(Error::new(
-                ErrorKind::Unsafe,
-                format!(
-                    "refusing entry {:?} in {}: not a plain file name",
-                    String::from_utf8_lossy(&node.name),
-                    show(rel)
-                ),
-            ));
-        }
-        if !seen.insert(node.name.clone()) {
-            return Err(Error::new(
-                ErrorKind::Unsafe,
-                format!(
-                    "refusing duplicate entry {:?} in {}",
-                    String::from_utf8_lossy(&node.name),
-                    show(rel)
-                ),
-            ));
-        }
-        let path = rel.join(node.os_name());
-        let matched = included || includes.is_none_or(|g| g.is_match(&path));
-        if node.kind == NodeKind::Dir {
-            let mark = items.len();
-            if let Some(sub) = node.subtree {
-                items.push(Item {
-                    rel: path.clone(),
-                    node: node.clone(),
-                });
-                let before = items.len();
-                collect(repo, index, sub, &path, includes, matched, items)?;
-                if !matched && items.len() == before {
-                    items.truncate(mark); // nothing below matched: leave the directory out
-                }
+/// The snapshot tree in pre-order, loaded one directory at a time (memory: the open
+/// directories only). Names are checked as each directory loads. With include globs, a
+/// directory appears only once something below it is included.
+struct Walk<'a> {
+    repo: &'a Repo,
+    index: &'a Index,
+    includes: Option<&'a GlobSet>,
+    stack: Vec<Frame>,
+    /// Items to hand out before walking on: held-back directories, then an entry.
+    ready: VecDeque<Item>,
+}
+
+/// An open directory.
+struct Frame {
+    rel: PathBuf,
+    /// Whether an include glob matched the directory or one above it.
+    matched: bool,
+    /// The directory's own item while nothing below it was included.
+    held: Option<Item>,
+    entries: std::vec::IntoIter<Node>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        repo: &'a Repo,
+        index: &'a Index,
+        tree: Id,
+        includes: Option<&'a GlobSet>,
+    ) -> Result<Self> {
+        let mut w = Walk {
+            repo,
+            index,
+            includes,
+            stack: Vec::new(),
+            ready: VecDeque::new(),
+        };
+        w.open(tree, PathBuf::new(), false, None)?;
+        Ok(w)
+    }
+
+    fn open(&mut self, tree: Id, rel: PathBuf, matched: bool, held: Option<Item>) -> Result<()> {
+        let t = self.repo.load_tree(self.index, &tree)?;
+        let mut seen = HashSet::new();
+        for node in &t.nodes {
+            if !node.has_safe_name() {
+                return Err(Error::new(
+                    ErrorKind::Unsafe,
+                    format!(
+                        "refusing entry {:?} in {}: not a plain file name",
+                        String::from_utf8_lossy(&node.name),
+                        show(&rel)
+                    ),
+                ));
             }
-        } else if matched {
-            items.push(Item { rel: path, node });
+            if !seen.insert(&node.name) {
+                return Err(Error::new(
+                    ErrorKind::Unsafe,
+                    format!(
+                        "refusing duplicate entry {:?} in {}",
+                        String::from_utf8_lossy(&node.name),
+                        show(&rel)
+                    ),
+                ));
+            }
+        }
+        self.stack.push(Frame {
+            rel,
+            matched,
+            held,
+            entries: t.nodes.into_iter(),
+        });
+        Ok(())
+    }
+
+    /// Queues `item` after the directories held back above it.
+    fn release(&mut self, item: Item) {
+        let held = self.stack.iter_mut().filter_map(|f| f.held.take());
+        self.ready.extend(held);
+        self.ready.push_back(item);
+    }
+
+    fn next_item(&mut self) -> Result<Option<Item>> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Ok(Some(item));
+            }
+            let Some(frame) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(node) = frame.entries.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let rel = frame.rel.join(node.os_name());
+            let matched = frame.matched || self.includes.is_none_or(|g| g.is_match(&rel));
+            if node.kind == NodeKind::Dir {
+                if let Some(sub) = node.subtree {
+                    let item = Item {
+                        rel: rel.clone(),
+                        node,
+                    };
+                    if matched {
+                        self.release(item);
+                        self.open(sub, rel, true, None)?;
+                    } else {
+                        self.open(sub, rel, false, Some(item))?;
+                    }
+                }
+            } else if matched {
+                self.release(Item { rel, node });
+            }
         }
     }
-    Ok(())
 }
 
 fn show(rel: &Path) -> String {

@@ -8,6 +8,7 @@ mod integration {
     mod crash;
     mod faults;
     mod hostile;
+    mod memory;
     mod prune;
     mod roundtrip;
 }

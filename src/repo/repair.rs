@@ -37,7 +37,7 @@ pub struct RepairReport {
 
 /// Rebuilds the index; `dry_run` only reports.
 pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairReport> {
-    let _lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
+    let lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
     let st = repo.storage();
     let crypto = repo.crypto();
     let mut report = RepairReport::default();
@@ -90,10 +90,17 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
             if !have.contains(&b.entry.id) && pack::open_blob(stored, &b.entry, crypto).is_ok() {
                 have.insert(b.entry.id);
                 report.salvaged_blobs += 1;
+                if dry_run {
+                    continue;
+                }
                 salvage.add(SealedBlob {
                     entry: b.entry,
                     bytes: stored.to_vec(),
                 });
+                // Stored as they fill (unindexed until the new index): memory stays bounded.
+                if salvage.is_full() {
+                    packs.push(repo.store_pack(salvage.take().finish(crypto))?);
+                }
             }
         }
     }
@@ -105,13 +112,16 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
     if !salvage.is_empty() {
         packs.push(repo.store_pack(salvage.finish(crypto))?);
     }
+    lock.check()?;
     let new_index = repo.save_index(packs)?;
     for path in &old_files {
         if !path.ends_with(&new_index.to_hex()) {
+            lock.check()?;
             st.delete(path)?;
         }
     }
     for id in &report.damaged {
+        lock.check()?;
         let bytes = st.read(&pack::path(id))?;
         st.write(&format!("damaged/{id}"), bytes)?;
         st.delete(&pack::path(id))?;
