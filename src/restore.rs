@@ -298,6 +298,7 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
     let (pack_id, _) = index.pack(pack_no);
     let path = pack::path(&pack_id);
     blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
+    let mut open = None;
     // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
     let mut i = 0;
     while i < blobs.len() {
@@ -345,7 +346,7 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
                                 pack_id.short()
                             )),
                             Ok(p) if f.failed.lock().expect("lock").is_none() => {
-                                if let Err(err) = write_at(&f.path, p, *off) {
+                                if let Err(err) = write_at(&mut open, *fi, &f.path, p, *off) {
                                     f.fail(err.to_string());
                                 } else {
                                     bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
@@ -366,12 +367,26 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
     }
 }
 
-fn write_at(path: &Path, data: &[u8], offset: u64) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io("opening", path, e))?;
+/// Writes `data` at `offset` of file number `fi`, reusing the handle of the previous write
+/// when it went to the same file (a pack's chunks of one file come one after another).
+fn write_at(
+    open: &mut Option<(usize, File)>,
+    fi: usize,
+    path: &Path,
+    data: &[u8],
+    offset: u64,
+) -> Result<()> {
+    let f = match open {
+        Some((i, f)) if *i == fi => f,
+        _ => {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| Error::io("opening", path, e))?;
+            &mut open.insert((fi, f)).1
+        }
+    };
     f.write_all_at(data, offset)
         .map_err(|e| Error::io("writing", path, e))
 }
