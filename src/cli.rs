@@ -241,6 +241,10 @@ pub struct BackupArgs {
     /// zstd compression level (0 to disable).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
     pub compression: i32,
+    /// Files read and chunks compressed in parallel (default: one per CPU). Each reader
+    /// holds up to 8 MiB; lower it to bound memory on a busy or small machine.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
     /// Paths to back up.
     pub paths: Vec<PathBuf>,
 }

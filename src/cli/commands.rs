@@ -424,7 +424,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         tags: args.tag.clone(),
         policy: None,
         compression: args.compression,
-        threads: 0,
+        threads: args.threads.map_or(0, usize::from),
         retry_lock: retry_lock(&args.repo)?,
         damaged_packs: Default::default(),
     };
