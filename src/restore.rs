@@ -435,26 +435,21 @@ impl<'a> Walk<'a> {
         let t = self.repo.load_tree(self.index, &tree)?;
         let mut seen = HashSet::new();
         for node in &t.nodes {
-            if !node.has_safe_name() {
-                return Err(Error::new(
-                    ErrorKind::Unsafe,
-                    format!(
-                        "refusing entry {:?} in {}: not a plain file name",
-                        String::from_utf8_lossy(&node.name),
-                        show(&rel)
-                    ),
-                ));
-            }
-            if !seen.insert(&node.name) {
-                return Err(Error::new(
-                    ErrorKind::Unsafe,
-                    format!(
-                        "refusing duplicate entry {:?} in {}",
-                        String::from_utf8_lossy(&node.name),
-                        show(&rel)
-                    ),
-                ));
-            }
+            let problem = if !node.has_safe_name() {
+                "not a plain file name"
+            } else if !seen.insert(&node.name) {
+                "a duplicate entry"
+            } else {
+                continue;
+            };
+            return Err(Error::new(
+                ErrorKind::Unsafe,
+                format!(
+                    "refusing entry {:?} in {}: {problem}",
+                    String::from_utf8_lossy(&node.name),
+                    show(&rel)
+                ),
+            ));
         }
         self.stack.push(Frame {
             rel,
