@@ -183,7 +183,16 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
     env.run(&["forget", "--keep-last", "0"]).assert().success();
     // A long backup and a prune from two processes at once.
     let backup = env.spawn(&["backup", "--full", src.to_str().unwrap()], &[]);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Prune starts once the backup holds its lock (else the backup would find prune's).
+    let locks = env.repo().join("locks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     env.run(&["prune", "--grace", "0s", "--retry-lock", "5m"])
         .assert()
         .success();
