@@ -21,6 +21,16 @@ fn repo_bytes(env: &Env) -> u64 {
         .sum()
 }
 
+/// Waits until some process holds a lock on the repository.
+fn wait_for_a_lock(env: &Env) {
+    let locks = env.repo().join("locks");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no lock was taken");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Five snapshots of a changing tree; returns their ids, oldest first.
 fn five_snapshots(env: &Env) -> Vec<String> {
     let src = env.path("src");
@@ -184,15 +194,7 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
     // A long backup and a prune from two processes at once.
     let backup = env.spawn(&["backup", "--full", src.to_str().unwrap()], &[]);
     // Prune starts once the backup holds its lock (else the backup would find prune's).
-    let locks = env.repo().join("locks");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the backup never took its lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_a_lock(&env);
     env.run(&["prune", "--grace", "0s", "--retry-lock", "5m"])
         .assert()
         .success();
@@ -268,7 +270,8 @@ fn a_backup_frozen_past_its_lock_expiry_never_commits_pruned_data() {
         &["backup", src.to_str().unwrap()],
         &[("BACKSTOP_LOCK_TTL", "6")],
     );
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    wait_for_a_lock(&env);
+    std::thread::sleep(std::time::Duration::from_millis(300)); // some packs uploaded
     let pid = nix::unistd::Pid::from_raw(backup.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(8));
