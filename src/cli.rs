@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use commands::run;
+pub use output::set_log_json;
 
 /// backstop — backups you can prove restore.
 ///

@@ -62,8 +62,9 @@ impl PasswordSource {
             return first_line(out.stdout, &format!("password command '{cmd}'"));
         }
         if let Some(f) = &self.password_file {
-            let b = std::fs::read(f)
-                .map_err(|e| Error::io("reading password file", f, e).context("password"))?;
+            let b = std::fs::read(f).map_err(|e| {
+                Error::config(format!("reading password file {}: {e}", f.display()))
+            })?;
             return first_line(b, &format!("password file {}", f.display()));
         }
         if let Some(var) = &self.password_env {

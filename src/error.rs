@@ -30,6 +30,24 @@ pub enum ErrorKind {
     Partial,
 }
 
+impl ErrorKind {
+    /// A stable name, for JSON output and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::RepoNotFound => "repository-not-found",
+            ErrorKind::WrongPassword => "wrong-password",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Storage => "storage",
+            ErrorKind::Io => "io",
+            ErrorKind::Unsafe => "unsafe",
+            ErrorKind::Catalog => "catalog",
+            ErrorKind::Partial => "partial",
+        }
+    }
+}
+
 /// The crate's error: a kind, a message carrying the context, and the source.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -116,14 +134,28 @@ impl Error {
 }
 
 impl From<opendal::Error> for Error {
+    /// One sentence: the root cause (e.g. "No space left on device (os error 28)"), not
+    /// OpenDAL's dump of operation, context and source; that goes to the debug log. Callers
+    /// add what was being done to which object.
     fn from(err: opendal::Error) -> Self {
-        let temporary = err.is_temporary();
+        tracing::debug!("storage error: {err:?}");
         let kind = match err.kind() {
             opendal::ErrorKind::NotFound => ErrorKind::Corrupt,
             _ => ErrorKind::Storage,
         };
-        let mut e = Error::new(kind, "storage operation failed").with_source(err);
-        e.temporary = temporary;
+        let mut root: Option<&(dyn std::error::Error + 'static)> = None;
+        let mut cur = std::error::Error::source(&err);
+        while let Some(c) = cur {
+            root = Some(c);
+            cur = c.source();
+        }
+        let message = match root {
+            Some(r) => r.to_string(),
+            None if !err.message().is_empty() => err.message().to_string(),
+            None => err.kind().to_string(),
+        };
+        let mut e = Error::new(kind, message);
+        e.temporary = err.is_temporary();
         e
     }
 }

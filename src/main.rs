@@ -17,9 +17,14 @@ fn main() {
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colour only for a terminal: logs are read from files and journals too.
+    let sub = sub.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.global.log_format {
         LogFormat::Text => sub.without_time().with_target(false).init(),
-        LogFormat::Json => sub.json().init(),
+        LogFormat::Json => {
+            backstop::cli::set_log_json(true);
+            sub.json().init()
+        }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -36,12 +41,33 @@ fn main() {
         Ok(()) => 0,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
-            eprintln!("error: {}", backstop::error::chain(&e));
+            report(&cli, &e);
             e.exit_code()
         }
     };
     drop(rt);
     std::process::exit(code);
+}
+
+/// Prints how the command failed: one line with the cause chain; a JSON object (on standard
+/// error, like restic's) with `--json` or `--log-format json`. A partial success is a warning:
+/// what failed was named above it.
+fn report(cli: &Cli, e: &backstop::Error) {
+    use std::io::Write;
+    let message = backstop::error::chain(e);
+    let line = if cli.global.json || matches!(cli.global.log_format, LogFormat::Json) {
+        serde_json::json!({"error": {
+            "kind": e.kind().name(),
+            "message": message,
+            "exit_code": e.exit_code(),
+        }})
+        .to_string()
+    } else if e.kind() == backstop::ErrorKind::Partial {
+        format!("warning: {message}")
+    } else {
+        format!("error: {message}")
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn is_broken_pipe(e: &backstop::Error) -> bool {

@@ -9,6 +9,7 @@ mod integration {
     mod faults;
     mod hostile;
     mod memory;
+    mod output;
     mod prune;
     mod roundtrip;
 }

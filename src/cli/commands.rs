@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::output::{json, size, table};
+use super::output::{json, note, outln, size, table, time, time_str, warn};
 use super::progress::Bar;
 use super::{BackupArgs, CatalogCommand, Cli, Command, PolicyCommand, RepoArgs};
 use crate::backup::BackupOptions;
@@ -109,7 +109,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     &json!({"id": r.config().id, "location": r.storage().location(), "encrypted": r.config().encrypted}),
                 );
             } else {
-                println!(
+                outln!(
                     "created {} repository {} at {}",
                     if r.config().encrypted {
                         "encrypted"
@@ -120,7 +120,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     r.storage().location()
                 );
                 if r.config().encrypted {
-                    println!("keep the password safe: without it the data cannot be restored");
+                    outln!("keep the password safe: without it the data cannot be restored");
                 }
             }
             Ok(())
@@ -141,10 +141,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     .map(|(id, s)| {
                         vec![
                             id.short(),
-                            s.time
-                                .with_timezone(&chrono::Local)
-                                .format("%Y-%m-%d %H:%M:%S")
-                                .to_string(),
+                            time(&s.time),
                             s.hostname.clone(),
                             s.kind.to_string(),
                             s.tags.join(","),
@@ -157,7 +154,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     &["ID", "Time", "Host", "Kind", "Tags", "Size", "Paths"],
                     &rows,
                 );
-                println!("{} snapshot(s)", snaps.len());
+                outln!("{} snapshot(s)", snaps.len());
             }
             Ok(())
         }
@@ -192,7 +189,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 } else {
                     "restored"
                 };
-                println!(
+                outln!(
                     "{verb} {} files, {} directories, {} other entries, {} into {}",
                     o.files,
                     o.dirs,
@@ -201,10 +198,10 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     target.display()
                 );
                 for w in &o.warnings {
-                    eprintln!("warning: {w}");
+                    warn(format_args!("{w}"));
                 }
                 for (path, why) in &o.failed {
-                    eprintln!("FAILED: {path}: {why}");
+                    note(format_args!("FAILED: {path}: {why}"));
                 }
             }
             if o.failed.is_empty() {
@@ -233,7 +230,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             if json_out {
                 json(&rep);
             } else {
-                println!(
+                outln!(
                     "checked {} snapshots, {} packs, {} blobs; re-read {} packs ({})",
                     rep.snapshots,
                     rep.packs,
@@ -242,16 +239,16 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     size(rep.bytes_read)
                 );
                 for pr in &rep.problems {
-                    println!("error: {}", pr.message);
+                    outln!("error: {}", pr.message);
                 }
                 for a in &rep.affected {
-                    println!("snapshot {} affected paths:", a.snapshot.short());
+                    outln!("snapshot {} affected paths:", a.snapshot.short());
                     for p in &a.paths {
-                        println!("  {p}");
+                        outln!("  {p}");
                     }
                 }
                 if rep.is_ok() {
-                    println!("no errors were found");
+                    outln!("no errors were found");
                 }
             }
             if rep.is_ok() {
@@ -297,7 +294,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             if json_out {
                 json(&rep);
             } else {
-                println!(
+                outln!(
                     "{} packs read: {} intact, {} damaged, {} missing",
                     rep.packs,
                     rep.intact,
@@ -305,20 +302,21 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     rep.missing.len()
                 );
                 for id in &rep.damaged {
-                    println!(
+                    outln!(
                         "damaged pack {id}{}",
                         if *dry_run { "" } else { " (moved to damaged/)" }
                     );
                 }
                 for id in &rep.missing {
-                    println!("missing pack {id}");
+                    outln!("missing pack {id}");
                 }
-                println!(
+                outln!(
                     "{} blob(s) salvaged, {} blob(s) lost",
-                    rep.salvaged_blobs, rep.lost_blobs
+                    rep.salvaged_blobs,
+                    rep.lost_blobs
                 );
                 if rep.lost_blobs > 0 {
-                    println!(
+                    outln!(
                         "run `backstop verify` to see the affected snapshots; back the sources up again to restore what they still have"
                     );
                 }
@@ -332,12 +330,15 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 json(&removed);
             } else {
                 for l in &removed {
-                    println!(
+                    outln!(
                         "removed stale lock of {} (pid {} on {}, expired {})",
-                        l.info.operation, l.info.pid, l.info.host, l.info.expires
+                        l.info.operation,
+                        l.info.pid,
+                        l.info.host,
+                        l.info.expires
                     );
                 }
-                println!(
+                outln!(
                     "{} stale lock(s) removed; live locks are never removed",
                     removed.len()
                 );
@@ -353,7 +354,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             if json_out {
                 json(&json!({"repository": r.config().id, "snapshots": n}));
             } else {
-                println!(
+                outln!(
                     "catalog rebuilt: {n} snapshot(s) of repository {}",
                     r.config().id.short()
                 );
@@ -374,7 +375,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 results
                     .push(json!({"file": f, "name": p.policy.name, "targets": p.policy.targets}));
                 if !json_out {
-                    println!("ok: {} ({})", f.display(), p.policy.name);
+                    outln!("ok: {} ({})", f.display(), p.policy.name);
                 }
             }
             if json_out {
@@ -479,9 +480,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         warnings += o.warnings.len();
         if !ctx.cli.global.json {
             for w in &o.warnings {
-                eprintln!("warning: {w}");
+                warn(format_args!("{w}"));
             }
-            println!(
+            outln!(
                 "snapshot {} saved to {name} ({}): {} files ({} read, {} unchanged), {} dirs, {} total, {} new, {} stored in {} packs, {:.1}s",
                 o.id.short(),
                 o.snapshot.kind,
@@ -537,11 +538,11 @@ fn ls(ctx: &Ctx, repo: &RepoArgs, snapshot: &str, path: Option<&str>) -> Result<
         json(&out);
     } else {
         for e in &out {
-            println!(
+            outln!(
                 "{} {:>10} {} {}",
                 e["mode"].as_str().unwrap_or(""),
                 e["size"],
-                e["mtime"].as_str().unwrap_or(""),
+                time_str(e["mtime"].as_str().unwrap_or("")),
                 e["path"].as_str().unwrap_or("")
             );
         }
@@ -586,7 +587,7 @@ fn status(ctx: &Ctx) -> Result<()> {
         json(&json!({"repositories": repos, "recent_runs": runs}));
         return Ok(());
     }
-    println!("Repositories");
+    outln!("Repositories");
     let rows: Vec<Vec<String>> = repos
         .iter()
         .map(|r| {
@@ -594,9 +595,9 @@ fn status(ctx: &Ctx) -> Result<()> {
                 r.id[..8].to_string(),
                 r.location.clone(),
                 r.snapshots.to_string(),
-                r.latest_snapshot.clone().unwrap_or_else(|| "-".into()),
+                r.latest_snapshot.as_deref().map_or("-".into(), time_str),
                 r.packs_verified.to_string(),
-                r.last_verify.clone().unwrap_or_else(|| "never".into()),
+                r.last_verify.as_deref().map_or("never".into(), time_str),
             ]
         })
         .collect();
@@ -611,7 +612,7 @@ fn status(ctx: &Ctx) -> Result<()> {
         ],
         &rows,
     );
-    println!("\nRecent runs");
+    outln!("\nRecent runs");
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
@@ -619,7 +620,7 @@ fn status(ctx: &Ctx) -> Result<()> {
                 r.id.to_string(),
                 r.kind.clone(),
                 r.status.clone(),
-                r.started_at.clone(),
+                time_str(&r.started_at),
                 size(r.bytes_read.max(0) as u64),
                 r.error.clone().unwrap_or_default(),
             ]
@@ -643,7 +644,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     let repo = if storage.exists("config")? {
         Repo::open(storage, || target.password.read())?
     } else {
-        println!("1. creating repository {name} at {}", target.repo);
+        outln!("1. creating repository {name} at {}", target.repo);
         Repo::init(
             storage,
             &InitOptions {
@@ -664,7 +665,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     };
     let b = jobs::backup(&cat, &repo, &opts, &NoProgress)?;
     let s = &b.snapshot.summary;
-    println!(
+    outln!(
         "2. backed up {} files ({}) as snapshot {} ({}), {} new, {} stored",
         s.files,
         size(s.bytes_total),
@@ -680,7 +681,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         std::time::Duration::ZERO,
         &NoProgress,
     )?;
-    println!(
+    outln!(
         "3. verified {} packs ({}) by re-reading them: {}",
         v.packs_read,
         size(v.bytes_read),
@@ -698,13 +699,13 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         ..Default::default()
     };
     let o = jobs::restore(&cat, &repo, &b.id.to_hex(), &ro, &NoProgress)?;
-    println!(
+    outln!(
         "4. restored {} files ({}) into {}",
         o.files,
         size(o.bytes),
         target_dir.display()
     );
-    println!(
+    outln!(
         "5. the catalog ({}) records these runs; see `backstop status`",
         cat_location(ctx, &lp)
     );
@@ -772,11 +773,7 @@ fn forget(
             .map(|f| {
                 vec![
                     f.id.short(),
-                    f.snapshot
-                        .time
-                        .with_timezone(&tz)
-                        .format("%Y-%m-%d %H:%M:%S %Z")
-                        .to_string(),
+                    time(&f.snapshot.time),
                     f.snapshot.hostname.clone(),
                     f.snapshot.paths.join(", "),
                     if f.decision.keep {
@@ -789,7 +786,7 @@ fn forget(
             .collect();
         table(&["ID", "Time", "Host", "Paths", "Decision"], &rows);
         let verb = if dry_run { "would remove" } else { "removed" };
-        println!("{verb} {removed} of {} snapshot(s)", decided.len());
+        outln!("{verb} {removed} of {} snapshot(s)", decided.len());
     }
     if prune {
         let opts = PruneOptions {
@@ -809,27 +806,27 @@ fn print_prune(rep: &PruneReport, dry_run: bool, json_out: bool) {
         return;
     }
     let would = if dry_run { "would be " } else { "" };
-    println!("{} packs, {} blobs in use", rep.packs, rep.used_blobs);
-    println!(
+    outln!("{} packs, {} blobs in use", rep.packs, rep.used_blobs);
+    outln!(
         "{} pack(s) {would}marked for deletion ({}), {} of them {would}repacked first",
         rep.marked,
         size(rep.marked_bytes),
         rep.repacked
     );
-    println!(
+    outln!(
         "{} pack(s) {would}deleted, {} {would}freed",
         rep.deleted,
         size(rep.freed_bytes)
     );
     if rep.waiting > 0 {
-        println!(
+        outln!(
             "{} marked pack(s) ({}) wait out their grace period",
             rep.waiting,
             size(rep.waiting_bytes)
         );
     }
     if rep.unmarked > 0 {
-        println!(
+        outln!(
             "{} mark(s) {would}removed: those packs are needed again",
             rep.unmarked
         );
