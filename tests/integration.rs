@@ -11,4 +11,5 @@ mod integration {
     mod memory;
     mod prune;
     mod roundtrip;
+    mod security;
 }

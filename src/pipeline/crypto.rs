@@ -298,6 +298,29 @@ mod tests {
         assert!(c.open(&sealed[..10]).is_err());
     }
 
+    /// A seal that stored plaintext, or reused a nonce, would pass every round trip: pin that
+    /// sealing is randomised, hides the plaintext and still opens.
+    #[test]
+    fn seal_is_randomised_and_hides_plaintext() {
+        let c = Crypto::keyed(&MasterKey::generate());
+        let x = b"PLAINTEXT-MARKER repeated PLAINTEXT-MARKER repeated".to_vec();
+        let (a, b) = (c.seal(x.clone()), c.seal(x.clone()));
+        assert_ne!(a, b, "two seals of one plaintext must differ (fresh nonce)");
+        assert_ne!(a, x);
+        assert_ne!(&a[NONCE_LEN..NONCE_LEN + x.len()], &x[..]);
+        assert!(
+            !a.windows(16).any(|w| x.windows(16).any(|p| p == w)),
+            "no 16-byte run of the plaintext may appear in the sealed bytes"
+        );
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+        assert_eq!(c.open(&a).unwrap(), x);
+        assert_eq!(c.open(&b).unwrap(), x);
+        // Another key opens neither.
+        let other = Crypto::keyed(&MasterKey::generate());
+        assert_eq!(other.open(&a).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert!(c.is_encrypted() && !Crypto::None.is_encrypted());
+    }
+
     #[test]
     fn keyed_ids_differ_from_plain() {
         let k = Crypto::keyed(&MasterKey::generate());
