@@ -156,12 +156,12 @@ mod tests {
     fn config_mac_covers_every_parameter() {
         let (c, key) = signed();
         reencode(&c).unwrap().verify(&key).unwrap();
-        let edits: Vec<Box<dyn Fn(&mut RepoConfig)>> = vec![
-            Box::new(|c| c.id = Id::random()),
-            Box::new(|c| c.chunker.min = 256 * 1024),
-            Box::new(|c| c.chunker.avg = 2 * 1024 * 1024),
-            Box::new(|c| c.chunker.max = 16 * 1024 * 1024),
-            Box::new(|c| c.pack_size = 8 << 20),
+        let edits: [fn(&mut RepoConfig); 5] = [
+            |c| c.id = Id::random(),
+            |c| c.chunker.min = 256 * 1024,
+            |c| c.chunker.avg = 2 * 1024 * 1024,
+            |c| c.chunker.max = 16 * 1024 * 1024,
+            |c| c.pack_size = 8 << 20,
         ];
         for edit in edits {
             let mut t = c.clone();
