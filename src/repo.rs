@@ -2,7 +2,7 @@
 //!
 //! Layout on storage:
 //! ```text
-//! config                 plaintext JSON: format version, id, chunker, pack size
+//! config                 plaintext JSON: format version, id, chunker, pack size; MAC'd by the master key
 //! keys/<hash>            key files: the master key wrapped with a passphrase (Argon2id)
 //! data/<xx>/<hash>       packs of sealed blobs (chunks and trees)
 //! index/<hash>           sealed index files: which pack holds which blob
@@ -59,6 +59,13 @@ pub struct Repo {
 
 impl Repo {
     /// Creates a repository on empty storage.
+    ///
+    /// Storage that already holds a `config`, or data of a repository whose `config` is gone
+    /// (packs, index files, manifests), is refused; key files alone (an init killed before
+    /// its config) are removed. If writing the key file or the
+    /// config fails, what this call wrote is removed again, so a failed `init` leaves no
+    /// half-made repository behind (the config is written last: a repository exists once its
+    /// config does).
     pub fn init(storage: Storage, opts: &InitOptions) -> Result<Repo> {
         if storage.exists("config")? {
             return Err(Error::config(format!(
@@ -66,37 +73,80 @@ impl Repo {
                 storage.location()
             )));
         }
-        let config = RepoConfig {
+        for dir in ["data/", "index/", "snapshots/"] {
+            if !storage.list(dir)?.is_empty() {
+                return Err(Error::config(format!(
+                    "{} holds repository objects ({dir}) but no config: a damaged repository; \
+                     restore its config or remove it before creating a new one",
+                    storage.location()
+                )));
+            }
+        }
+        // Key files and nothing else: an init that was killed before its config was written.
+        // No data was ever sealed with those keys, so they are removed.
+        for k in storage.list("keys/")? {
+            tracing::warn!("removing {} left by an interrupted init", k.path);
+            storage.delete(&k.path)?;
+        }
+        let mut config = RepoConfig {
             version: config::FORMAT_VERSION,
             id: Id::random(),
             encrypted: opts.passphrase.is_some(),
             chunker: opts.chunker,
             pack_size: PACK_SIZE,
+            mac: None,
         };
-        let crypto = match &opts.passphrase {
-            Some(p) => {
-                let key = MasterKey::generate();
-                let kf = serde_json::to_vec_pretty(&KeyFile::wrap(&key, p, opts.kdf)?)
-                    .expect("key file serializes");
-                let id = Id::hash(&kf);
-                storage.write_verified(&format!("keys/{id}"), kf, &id)?;
-                Crypto::keyed(&key)
+        let mut written = Vec::new();
+        let res = (|| -> Result<Crypto> {
+            let crypto = match &opts.passphrase {
+                Some(p) => {
+                    let key = MasterKey::generate();
+                    config.sign(&key);
+                    let kf = serde_json::to_vec_pretty(&KeyFile::wrap(&key, p, opts.kdf)?)
+                        .expect("key file serializes");
+                    let id = Id::hash(&kf);
+                    let path = format!("keys/{id}");
+                    written.push(path.clone());
+                    storage.write_verified(&path, kf, &id)?;
+                    crate::failpoint::hit("init-after-key");
+                    Crypto::keyed(&key)
+                }
+                None => Crypto::None,
+            };
+            written.push("config".to_string());
+            storage.write(
+                "config",
+                serde_json::to_vec_pretty(&config).expect("config serializes"),
+            )?;
+            Ok(crypto)
+        })();
+        match res {
+            Ok(crypto) => Ok(Repo {
+                storage,
+                config,
+                crypto: Arc::new(crypto),
+            }),
+            Err(e) => {
+                // Config first: without it nothing here is a repository any more.
+                for path in written.iter().rev() {
+                    if let Err(d) = storage.delete(path) {
+                        tracing::warn!("removing {path} after a failed init: {d}");
+                    }
+                }
+                Err(e.context(format!("creating a repository at {}", storage.location())))
             }
-            None => Crypto::None,
-        };
-        // The config goes last: a repository exists once its config does.
-        storage.write(
-            "config",
-            serde_json::to_vec_pretty(&config).expect("config serializes"),
-        )?;
-        Ok(Repo {
-            storage,
-            config,
-            crypto: Arc::new(crypto),
-        })
+        }
     }
 
-    /// Opens an existing repository; `passphrase` is asked only if it is encrypted.
+    /// Opens an existing repository.
+    ///
+    /// An encrypted repository asks `passphrase`, opens a key file with it and verifies the
+    /// config's MAC with the master key: a config that does not verify is refused as
+    /// tampering. A repository whose config claims to be unencrypted is refused as tampering
+    /// when key files exist, and refused (configuration error) when `passphrase` gives a
+    /// password — the operator expects encryption, and a config swapped by someone who can
+    /// write the storage must not make backstop store plaintext. `passphrase` is therefore
+    /// called for unencrypted repositories too; an error from it there means "no password".
     pub fn open(storage: Storage, passphrase: impl FnOnce() -> Result<Vec<u8>>) -> Result<Repo> {
         let raw = match storage.read("config") {
             Ok(b) => b,
@@ -112,16 +162,15 @@ impl Repo {
             Err(e) => return Err(e),
         };
         let config = RepoConfig::decode(&raw)?;
+        let keys = storage.list("keys/")?;
         let crypto = if config.encrypted {
             let pass = passphrase()?;
-            let keys = storage.list("keys/")?;
             if keys.is_empty() {
                 return Err(Error::corrupt(
                     "the repository is encrypted but has no key files",
                 ));
             }
-            let mut last = None;
-            let mut found = None;
+            let (mut last, mut tampered, mut found) = (None, None, None);
             for k in keys {
                 let bytes = storage.read(&k.path)?;
                 let kf: KeyFile = match serde_json::from_slice(&bytes) {
@@ -134,19 +183,43 @@ impl Repo {
                         continue;
                     }
                 };
+                // A key that opens but does not verify the config belongs to another
+                // repository (or the config was altered): try the other key files first.
                 match kf.unwrap_key(&pass) {
-                    Ok(key) => {
-                        found = Some(key);
-                        break;
-                    }
+                    Ok(key) => match config.verify(&key) {
+                        Ok(()) => {
+                            found = Some(key);
+                            break;
+                        }
+                        Err(e) => tampered = Some(e),
+                    },
                     Err(e) => last = Some(e),
                 }
             }
             match found {
                 Some(key) => Crypto::keyed(&key),
-                None => return Err(last.expect("at least one key file was tried")),
+                None => {
+                    return Err(tampered.or(last).expect("at least one key file was tried"));
+                }
             }
         } else {
+            if !keys.is_empty() {
+                return Err(Error::corrupt(format!(
+                    "the repository config says it is not encrypted, but keys/ holds {} key \
+                     file(s): the config was altered (tampering, a downgrade to plaintext); \
+                     refusing to use it",
+                    keys.len()
+                )));
+            }
+            if passphrase().is_ok() {
+                return Err(Error::config(format!(
+                    "the repository at {} is not encrypted, but a password was given: if it \
+                     was created with --no-encryption, run without a password; if it was \
+                     encrypted, its config and keys were replaced (tampering) and nothing must \
+                     be written to it",
+                    storage.location()
+                )));
+            }
             Crypto::None
         };
         Ok(Repo {

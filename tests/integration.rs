@@ -12,4 +12,5 @@ mod integration {
     mod output;
     mod prune;
     mod roundtrip;
+    mod security;
 }

@@ -196,13 +196,19 @@ pub struct KeyFile {
     pub created: String,
 }
 
-/// Upper bounds on KDF parameters accepted from a key file, so a hostile repository cannot
-/// make us allocate gigabytes or spin for hours before we even check the passphrase.
-const MAX_KDF_MEMORY_KIB: u32 = 4 * 1024 * 1024;
-const MAX_KDF_ITERATIONS: u32 = 64;
+/// Upper bounds on KDF parameters accepted from a key file, so a key file planted by someone
+/// who can write the storage cannot make us allocate gigabytes or spin for minutes before we
+/// even check the passphrase (every key file is tried). 16 times the default memory.
+pub const MAX_KDF_MEMORY_KIB: u32 = 1024 * 1024;
+/// See [`MAX_KDF_MEMORY_KIB`].
+pub const MAX_KDF_ITERATIONS: u32 = 16;
+/// See [`MAX_KDF_MEMORY_KIB`].
+pub const MAX_KDF_PARALLELISM: u32 = 16;
 
 fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<XChaCha20Poly1305> {
-    if p.memory_kib > MAX_KDF_MEMORY_KIB || p.iterations > MAX_KDF_ITERATIONS || p.parallelism > 64
+    if p.memory_kib > MAX_KDF_MEMORY_KIB
+        || p.iterations > MAX_KDF_ITERATIONS
+        || p.parallelism > MAX_KDF_PARALLELISM
     {
         return Err(Error::corrupt(format!(
             "key file asks for excessive KDF parameters {p:?}"
@@ -298,6 +304,29 @@ mod tests {
         assert!(c.open(&sealed[..10]).is_err());
     }
 
+    /// A seal that stored plaintext, or reused a nonce, would pass every round trip: pin that
+    /// sealing is randomised, hides the plaintext and still opens.
+    #[test]
+    fn seal_is_randomised_and_hides_plaintext() {
+        let c = Crypto::keyed(&MasterKey::generate());
+        let x = b"PLAINTEXT-MARKER repeated PLAINTEXT-MARKER repeated".to_vec();
+        let (a, b) = (c.seal(x.clone()), c.seal(x.clone()));
+        assert_ne!(a, b, "two seals of one plaintext must differ (fresh nonce)");
+        assert_ne!(a, x);
+        assert_ne!(&a[NONCE_LEN..NONCE_LEN + x.len()], &x[..]);
+        assert!(
+            !a.windows(16).any(|w| x.windows(16).any(|p| p == w)),
+            "no 16-byte run of the plaintext may appear in the sealed bytes"
+        );
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+        assert_eq!(c.open(&a).unwrap(), x);
+        assert_eq!(c.open(&b).unwrap(), x);
+        // Another key opens neither.
+        let other = Crypto::keyed(&MasterKey::generate());
+        assert_eq!(other.open(&a).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert!(c.is_encrypted() && !Crypto::None.is_encrypted());
+    }
+
     #[test]
     fn keyed_ids_differ_from_plain() {
         let k = Crypto::keyed(&MasterKey::generate());
@@ -319,7 +348,25 @@ mod tests {
     #[test]
     fn hostile_kdf_params_are_refused() {
         let mut kf = KeyFile::wrap(&MasterKey::generate(), b"p", fast()).unwrap();
-        kf.params.memory_kib = u32::MAX;
-        assert_eq!(kf.unwrap_key(b"p").unwrap_err().kind(), ErrorKind::Corrupt);
+        for (m, i, p) in [
+            (u32::MAX, 1, 1),
+            (MAX_KDF_MEMORY_KIB + 1, 1, 1),
+            (64, MAX_KDF_ITERATIONS + 1, 1),
+            (64, 1, MAX_KDF_PARALLELISM + 1),
+            (0, 0, 0),
+        ] {
+            kf.params = KdfParams {
+                memory_kib: m,
+                iterations: i,
+                parallelism: p,
+            };
+            let t = std::time::Instant::now();
+            assert_eq!(kf.unwrap_key(b"p").unwrap_err().kind(), ErrorKind::Corrupt);
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(1),
+                "refused before deriving"
+            );
+        }
+        assert!(KdfParams::default().memory_kib <= MAX_KDF_MEMORY_KIB);
     }
 }

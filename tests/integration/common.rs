@@ -47,7 +47,19 @@ impl Env {
     pub fn run(&self, args: &[&str]) -> Command {
         let mut c = self.cmd();
         c.args(args).env("BACKSTOP_REPO", self.repo());
+        if self.repo_is_unencrypted() {
+            // backstop refuses a password for an unencrypted repository (a downgrade guard).
+            c.env_remove("BACKSTOP_PASSWORD");
+        }
         c
+    }
+
+    /// Whether the repository's config says it is unencrypted (it takes no password then).
+    pub fn repo_is_unencrypted(&self) -> bool {
+        std::fs::read(self.repo().join("config"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["encrypted"] == false)
     }
 
     /// Starts `backstop ARGS` on the environment's repository in the background (stdout
@@ -61,6 +73,9 @@ impl Env {
             .envs(envs.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        if self.repo_is_unencrypted() {
+            c.env_remove("BACKSTOP_PASSWORD");
+        }
         c.spawn().expect("spawn backstop")
     }
 
