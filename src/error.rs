@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Catalog,
     /// The operation finished but some items failed (named in the output).
     Partial,
+    /// SIGINT or SIGTERM stopped the operation (it cleaned up after itself).
+    Interrupted,
 }
 
 /// The crate's error: a kind, a message carrying the context, and the source.
@@ -94,6 +96,7 @@ impl Error {
             ErrorKind::Locked => 11,
             ErrorKind::WrongPassword => 12,
             ErrorKind::Corrupt => 13,
+            ErrorKind::Interrupted => crate::interrupt::EXIT_CODE,
             _ => 1,
         }
     }
