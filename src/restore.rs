@@ -251,7 +251,7 @@ pub fn run(
     let named = |rel: &str| format!("{}{rel}", opts.target.display());
     let unmatched = includes.as_ref().map(|i| i.unmatched()).unwrap_or_default();
     for p in &unmatched {
-        tracing::warn!("--include '{p}' matches nothing in the snapshot");
+        tracing::debug!("--include '{p}' matches nothing in the snapshot");
     }
     if opts.dry_run || planned.files + planned.dirs + planned.others == 0 {
         planned.failed = walk
@@ -296,7 +296,7 @@ pub fn run(
             let path = target.join(&item.rel);
             let node = item.node;
             let mut fail = |reason: String| {
-                tracing::error!("{}: {reason}", path.display());
+                tracing::debug!("{}: {reason}", path.display());
                 out.failed.push((path.display().to_string(), reason));
             };
             match node.kind {

@@ -60,7 +60,7 @@ impl FileTask {
     fn fail(&self, reason: String) {
         let mut f = self.failed.lock().expect("lock");
         if f.is_none() {
-            tracing::error!("{}: {reason}", self.path.display());
+            tracing::debug!("{}: {reason}", self.path.display());
             *f = Some(reason);
         }
     }

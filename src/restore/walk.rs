@@ -162,7 +162,7 @@ impl<'a> Walk<'a> {
             let t = match self.repo.load_tree(self.index, &sub) {
                 Ok(t) => t,
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    tracing::error!("{}: cannot read directory: {e}", show(&rel));
+                    tracing::debug!("{}: cannot read directory: {e}", show(&rel));
                     self.failed.push((
                         show(&rel),
                         format!(

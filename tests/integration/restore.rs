@@ -606,3 +606,26 @@ fn dry_run_verbose_lists_what_it_would_write() {
     );
     assert_eq!(std::fs::read(target.join("etc/motd")).unwrap(), b"existing");
 }
+
+#[test]
+fn a_name_too_long_for_the_target_fails_alone() {
+    // 300 bytes: longer than any Linux file system takes. The temporary name is short, so
+    // the failure is the entry's own, named, and nothing is left behind.
+    let w = World::new();
+    let long = vec![b'n'; 300];
+    let inner = Tree {
+        nodes: vec![file(b"below", PAYLOAD.len())],
+    };
+    let mut nodes = vec![
+        file(b"good", PAYLOAD.len()),
+        file(&long, PAYLOAD.len()),
+        dir(&[b'd'; 300], &inner),
+        super::hostile::symlink(&[b's'; 300], b"good"),
+    ];
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    craft(&w.env, vec![Tree { nodes }, inner], PAYLOAD);
+    let err = w.restore(&[], 3, "the name is too long");
+    assert_eq!(err.matches("the name is too long").count(), 3, "{err}");
+    let left: Vec<_> = listing(&w.target).into_iter().map(|e| e.path).collect();
+    assert_eq!(left, vec![b"good".to_vec()]);
+}
