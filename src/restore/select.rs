@@ -195,7 +195,11 @@ mod tests {
     use super::*;
 
     fn layout(paths: &[&str]) -> Layout {
-        let snap = Snapshot {
+        Layout::new(&sample(paths), &Tree::default())
+    }
+
+    fn sample(paths: &[&str]) -> Snapshot {
+        Snapshot {
             version: 1,
             time: chrono::Utc::now(),
             hostname: "h".into(),
@@ -209,8 +213,7 @@ mod tests {
             tags: vec![],
             summary: Default::default(),
             program: "t".into(),
-        };
-        Layout::new(&snap, &Tree::default())
+        }
     }
 
     #[test]
@@ -226,6 +229,48 @@ mod tests {
             vec!["var/log/syslog", "log/syslog"]
         );
         assert_eq!(normalize("/a/./b/../c//"), "a/c");
+    }
+
+    #[test]
+    fn a_single_file_backup_is_listed_by_name_in_the_root() {
+        let mut snap_layout = layout(&["/etc/hosts"]);
+        assert_eq!(snap_layout.candidates("/etc/hosts"), vec!["etc/hosts", ""]);
+        let mut n = crate::repo::Node {
+            name: serde_bytes::ByteBuf::from(b"hosts".to_vec()),
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Default::default(),
+            ctime: Default::default(),
+            dev: 0,
+            inode: 0,
+            links: 1,
+            size: 0,
+            rdev: 0,
+            content: vec![],
+            subtree: None,
+            target: None,
+            xattrs: vec![],
+        };
+        let root = Tree {
+            nodes: vec![n.clone()],
+        };
+        let snap = Snapshot {
+            paths: vec!["/etc/hosts".into()],
+            ..sample(&["/etc/hosts"])
+        };
+        snap_layout = Layout::new(&snap, &root);
+        assert_eq!(
+            snap_layout.candidates("/etc/hosts"),
+            vec!["etc/hosts", "hosts"]
+        );
+        n.kind = NodeKind::Dir;
+        let dir_root = Tree { nodes: vec![n] };
+        assert_eq!(
+            Layout::new(&snap, &dir_root).candidates("/etc/hosts"),
+            vec!["etc/hosts", ""]
+        );
     }
 
     #[test]
