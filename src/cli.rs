@@ -27,7 +27,7 @@ pub struct Cli {
 
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad arguments or configuration, \
 3 finished but some files failed (named in the output), 10 no repository, 11 repository locked, \
-12 wrong password, 13 repository data corrupt or damaged.";
+12 wrong password, 13 repository data corrupt or damaged, 130 interrupted (SIGINT or SIGTERM).";
 
 /// Options every command takes.
 #[derive(Debug, Args)]
@@ -103,31 +103,52 @@ pub enum Command {
         repo: RepoArgs,
     },
     /// List the entries of a snapshot (below PATH if given).
+    ///
+    /// A directory whose listing is damaged is named and skipped (exit status 3).
     Ls {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        latest: LatestArgs,
         /// Snapshot id (or unique prefix), or "latest".
         snapshot: String,
-        /// Directory inside the snapshot.
+        /// Directory (or file) inside the snapshot: absolute as backed up (/etc/ssh), or
+        /// relative to the snapshot root.
         path: Option<String>,
     },
     /// Restore a snapshot (or some of its paths) into a directory.
     ///
-    /// Nothing is written outside --target. Every chunk is checked against its hash; a
-    /// file whose data is missing or corrupt is not left behind, it is named and the
-    /// command exits with status 3 after restoring everything else.
+    /// Nothing is written outside --target, and nothing is written through an existing
+    /// entry: files are written under a temporary name and renamed into place once their
+    /// content is complete and verified. Whatever cannot be restored (missing or corrupt
+    /// data, a damaged directory listing, an entry that cannot be created) is named, the
+    /// rest is restored, and the command exits with status 3; so does an --include that
+    /// matches nothing. SIGINT/SIGTERM remove partly written files and exit with 130.
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        latest: LatestArgs,
         /// Snapshot id (or unique prefix), or "latest".
         snapshot: String,
         /// Directory to restore into (created if missing).
         #[arg(short, long, value_name = "DIR")]
         target: PathBuf,
-        /// Restore only paths matching this glob (repeatable), e.g. "etc/ssh/**".
+        /// Restore only paths matching this glob (repeatable), absolute as backed up or
+        /// relative to the snapshot root: "etc/ssh/**" and "/etc/ssh" both work for a
+        /// backup of /etc.
         #[arg(short, long, value_name = "GLOB")]
         include: Vec<String>,
-        /// Show what would be restored; write nothing.
+        /// What to do with existing files, symlinks and other non-directories in the
+        /// target. The default, never, keeps them all (and says how many): a restore
+        /// aimed at the wrong directory under pressure then destroys nothing. if-changed
+        /// replaces entries whose type, size or mtime differ; always replaces everything
+        /// (restic's default). Replacing never writes into the old entry, so hard links
+        /// to files elsewhere are not touched. Directories are merged, never replaced.
+        #[arg(long, value_enum, default_value_t = OverwriteArg::Never, value_name = "WHEN")]
+        overwrite: OverwriteArg,
+        /// Show what would be restored (with -v: every entry and what would happen to
+        /// it); write nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -211,6 +232,55 @@ pub enum Command {
         #[arg(long, default_value = "policies/example.toml")]
         policy: PathBuf,
     },
+}
+
+/// Which snapshot "latest" means.
+#[derive(Debug, Args, Clone)]
+pub struct LatestArgs {
+    /// With "latest": the newest snapshot of this host [default: this host].
+    #[arg(long, value_name = "HOST", conflicts_with = "any_host")]
+    pub host: Option<String>,
+    /// With "latest": the newest snapshot of any host.
+    #[arg(long)]
+    pub any_host: bool,
+    /// With "latest": the newest snapshot holding this backed-up path (repeatable).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+impl LatestArgs {
+    /// The filter for "latest".
+    pub fn filter(&self) -> crate::repo::SnapshotFilter {
+        crate::repo::SnapshotFilter {
+            host: if self.any_host {
+                None
+            } else {
+                Some(self.host.clone().unwrap_or_else(crate::repo::hostname))
+            },
+            paths: self.paths.clone(),
+        }
+    }
+}
+
+/// `restore --overwrite` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OverwriteArg {
+    /// Keep every existing entry.
+    Never,
+    /// Replace entries whose type, size or mtime differ.
+    IfChanged,
+    /// Replace every existing entry.
+    Always,
+}
+
+impl From<OverwriteArg> for crate::restore::Overwrite {
+    fn from(o: OverwriteArg) -> Self {
+        match o {
+            OverwriteArg::Never => Self::Never,
+            OverwriteArg::IfChanged => Self::IfChanged,
+            OverwriteArg::Always => Self::Always,
+        }
+    }
 }
 
 /// `backup` arguments.

@@ -28,6 +28,8 @@ pub enum ErrorKind {
     Catalog,
     /// The operation finished but some items failed (named in the output).
     Partial,
+    /// SIGINT or SIGTERM stopped the operation (it cleaned up after itself).
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Unsafe => "unsafe",
             ErrorKind::Catalog => "catalog",
             ErrorKind::Partial => "partial",
+            ErrorKind::Interrupted => "interrupted",
         }
     }
 }
@@ -112,6 +115,7 @@ impl Error {
             ErrorKind::Locked => 11,
             ErrorKind::WrongPassword => 12,
             ErrorKind::Corrupt => 13,
+            ErrorKind::Interrupted => crate::interrupt::EXIT_CODE,
             _ => 1,
         }
     }

@@ -83,16 +83,18 @@ pub fn backup(
     )
 }
 
-/// Restores and records the run.
+/// Restores snapshot `snapshot` (an id, a unique prefix, or `latest` as `filter` allows)
+/// and records the run.
 pub fn restore(
     catalog: &Catalog,
     repo: &Repo,
     snapshot: &str,
+    filter: &crate::repo::SnapshotFilter,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
-    let (sid, snap) = repo.find_snapshot(snapshot)?;
-    let op = || restore::run(repo, snap.tree, opts, progress);
+    let (sid, snap) = repo.find_snapshot_for(snapshot, filter)?;
+    let op = || restore::run(repo, sid, &snap, opts, progress);
     recorded(
         catalog,
         "restore",
@@ -102,7 +104,7 @@ pub fn restore(
         op,
         |o| {
             Ok(RunEnd {
-                status: if o.failed.is_empty() {
+                status: if o.is_complete() {
                     "success"
                 } else {
                     "partial"
@@ -110,7 +112,13 @@ pub fn restore(
                 files: o.files,
                 bytes_read: o.bytes,
                 warnings: o.warnings.len() as u64,
-                error: (!o.failed.is_empty()).then(|| format!("{} file(s) failed", o.failed.len())),
+                error: (!o.is_complete()).then(|| {
+                    format!(
+                        "{} entries failed, {} include pattern(s) matched nothing",
+                        o.failed.len(),
+                        o.unmatched_includes.len()
+                    )
+                }),
                 snapshot: Some(sid),
                 ..Default::default()
             })

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod forget;
+pub mod interrupt;
 pub mod jobs;
 pub mod pipeline;
 pub mod policy;

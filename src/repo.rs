@@ -340,26 +340,57 @@ impl Repo {
         Ok(out)
     }
 
-    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    /// Finds a snapshot by `latest` (of any host), a full id or a unique id prefix.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        let mut snaps = self.snapshots()?;
+        self.find_snapshot_for(spec, &SnapshotFilter::default())
+    }
+
+    /// Finds a snapshot by a full id or a unique id prefix, or `latest`: the newest that
+    /// `filter` accepts. An ambiguous prefix is an error listing the snapshots it matches.
+    pub fn find_snapshot_for(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Snapshot)> {
+        let snaps = self.snapshots()?;
         if spec == "latest" {
+            let hosts: std::collections::BTreeSet<String> =
+                snaps.iter().map(|(_, s)| s.hostname.clone()).collect();
             return snaps
-                .pop()
-                .ok_or_else(|| Error::config("the repository has no snapshots yet"));
+                .into_iter()
+                .rfind(|(_, s)| filter.accepts(s))
+                .ok_or_else(|| {
+                    if hosts.is_empty() {
+                        Error::config("the repository has no snapshots yet")
+                    } else {
+                        Error::config(format!(
+                            "no snapshot {filter}; the repository has snapshots of {} \
+                             (use --host HOST, --any-host or --path PATH)",
+                            hosts.into_iter().collect::<Vec<_>>().join(", ")
+                        ))
+                    }
+                });
         }
-        let mut hits = snaps
+        let spec = spec.to_ascii_lowercase();
+        let hits: Vec<(Id, Snapshot)> = snaps
             .into_iter()
-            .filter(|(id, _)| id.to_hex().starts_with(spec));
-        match (hits.next(), hits.next()) {
-            (Some(s), None) if spec.len() >= 4 => Ok(s),
-            (Some(_), _) if spec.len() < 4 => {
-                Err(Error::config("give at least 4 digits of a snapshot id"))
-            }
-            (Some(_), Some(_)) => Err(Error::config(format!(
-                "snapshot id prefix '{spec}' is ambiguous"
+            .filter(|(id, _)| id.to_hex().starts_with(&spec))
+            .collect();
+        match hits.len() {
+            0 => Err(Error::config(format!("no snapshot matches '{spec}'"))),
+            _ if spec.len() < 4 => Err(Error::config("give at least 4 digits of a snapshot id")),
+            1 => Ok(hits.into_iter().next().expect("one hit")),
+            n => Err(Error::config(format!(
+                "snapshot id prefix '{spec}' is ambiguous, it matches {n} snapshots:\n{}",
+                hits.iter()
+                    .map(|(id, s)| format!(
+                        "  {} {} {} {}",
+                        id.short(),
+                        s.time
+                            .with_timezone(&chrono::Local)
+                            .format("%Y-%m-%d %H:%M:%S"),
+                        s.hostname,
+                        s.paths.join(", ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ))),
-            _ => Err(Error::config(format!("no snapshot matches '{spec}'"))),
         }
     }
 
@@ -369,6 +400,40 @@ impl Repo {
         let id = self.write_object("snapshots", snap.encode())?;
         crate::failpoint::hit("after-manifest");
         Ok(id)
+    }
+}
+
+/// Which snapshots `latest` may be: of one host, holding given paths.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host (`None`: any host).
+    pub host: Option<String>,
+    /// Only snapshots holding every one of these paths (compared normalized).
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `snap` passes.
+    pub fn accepts(&self, snap: &Snapshot) -> bool {
+        use crate::restore::select::normalize;
+        self.host.as_ref().is_none_or(|h| *h == snap.hostname)
+            && self.paths.iter().all(|p| {
+                let p = normalize(p);
+                snap.paths.iter().any(|s| normalize(s) == p)
+            })
+    }
+}
+
+impl std::fmt::Display for SnapshotFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Some(h) => write!(f, "of host {h}")?,
+            None => write!(f, "of any host")?,
+        }
+        if !self.paths.is_empty() {
+            write!(f, " with paths {}", self.paths.join(", "))?;
+        }
+        Ok(())
     }
 }
 

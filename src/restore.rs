@@ -1,66 +1,149 @@
-//! The restore engine: snapshot tree to a destination directory, parallel and out of order.
+//! The restore engine: a snapshot tree into a destination directory, parallel and out of
+//! order, never outside the destination, never through an existing entry.
 //!
-//! Safety: names are single path components (no `/`, `.`, `..`, NUL), duplicate names in a
-//! tree are refused, every directory on the way is checked to be a real directory (never a
-//! symlink, planted or pre-existing), and files are opened with `O_NOFOLLOW`. So nothing is
-//! ever written outside the destination, whatever the repository contains.
+//! Safety: names are single path components (checked by [`walk`]; unsafe and duplicate
+//! names are refused entry by entry, never joined to a path), every directory on the way is
+//! a real directory made or checked by this restore (a symlink is never followed, and a
+//! directory is never replaced), and every other entry is made under a temporary name with
+//! `O_EXCL | O_NOFOLLOW` and renamed over what was there ([`entry`]). So nothing is ever
+//! written outside the destination, whatever the repository or the target holds.
 //!
-//! Content: chunks are grouped by pack, packs are read in parallel (coalesced range reads),
-//! each chunk is decrypted, decompressed and checked against its id before it is written at
-//! its offsets. Holes are never written, so sparse files stay sparse. A missing or corrupt
-//! chunk fails only the files that need it: they are removed and named, the rest restores.
+//! Failure: whatever cannot be restored — a directory whose tree is unreadable, a file
+//! whose chunks are missing or corrupt, an entry that cannot be created (permission, a
+//! name too long, something in the way) — is named in [`RestoreOutcome::failed`], and its
+//! siblings go on. A file has its final name only once its content is complete and
+//! verified ([`content`]); an interrupted restore removes its temporary files.
+//!
+//! Existing entries: directories are merged; other entries are kept, replaced when
+//! changed, or replaced, as [`Overwrite`] says. The default is `never`: a restore into the
+//! wrong directory (`--target /` instead of `/tmp/restore`) under pressure then destroys
+//! nothing, and the outcome counts what it kept; `if-changed` or `always` (restic's
+//! default) are one flag away once the operator means it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+mod content;
+mod entry;
+pub mod select;
+mod walk;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+pub use entry::Overwrite;
+pub use select::{Includes, Layout};
+pub use walk::{Item, Walk};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
-use crate::repo::pack;
-use crate::repo::{Id, Index, Node, NodeKind, Piece, Repo};
+use crate::repo::{Id, NodeKind, Repo, Snapshot};
+use content::FileTask;
+use entry::{Decision, Temps};
 
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
     /// Destination directory (created if missing).
     pub target: PathBuf,
-    /// Only paths matching these globs (and what is below matching directories).
+    /// Only paths matching these globs (and what is below matching directories); relative
+    /// to the snapshot root or absolute as backed up.
     pub includes: Vec<String>,
     /// List what would be restored without writing anything.
     pub dry_run: bool,
+    /// With `dry_run`: list every entry and what would happen to it.
+    pub list: bool,
+    /// What to do with existing entries in the target.
+    pub overwrite: Overwrite,
     /// Parallel pack readers (0: default).
     pub threads: usize,
     /// How long to wait for a conflicting lock to go away.
     pub retry_lock: std::time::Duration,
 }
 
+/// The snapshot a restore used.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SnapshotRef {
+    /// Its id.
+    pub id: Id,
+    /// When its backup started.
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// The host it was taken on.
+    pub host: String,
+    /// The paths it holds.
+    pub paths: Vec<String>,
+}
+
+impl SnapshotRef {
+    /// The reference to snapshot `id`.
+    pub fn new(id: Id, snap: &Snapshot) -> SnapshotRef {
+        SnapshotRef {
+            id,
+            time: snap.time,
+            host: snap.hostname.clone(),
+            paths: snap.paths.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "snapshot {} of {} taken {} ({})",
+            self.id.short(),
+            self.host,
+            self.time
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S"),
+            self.paths.join(", ")
+        )
+    }
+}
+
+/// One entry a dry run would write.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Planned {
+    /// Where.
+    pub path: String,
+    /// Entry kind.
+    pub kind: String,
+    /// Bytes of content.
+    pub size: u64,
+    /// "new", "replace", "keep existing", "merge" or the reason it would fail.
+    pub action: String,
+}
+
 /// What a restore did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RestoreOutcome {
+    /// The snapshot restored.
+    pub snapshot: Option<SnapshotRef>,
     /// Files restored completely and verified.
     pub files: u64,
-    /// Directories created.
+    /// Directories created or merged.
     pub dirs: u64,
     /// Other entries (symlinks, hardlinks, fifos, devices).
     pub others: u64,
     /// Bytes of file content written.
     pub bytes: u64,
-    /// Files that could not be restored, with the reason.
+    /// Existing entries kept as they were (see `--overwrite`).
+    pub kept: u64,
+    /// Whether the target already held something.
+    pub target_not_empty: bool,
+    /// Entries that could not be restored, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Include patterns that matched nothing.
+    pub unmatched_includes: Vec<String>,
     /// Non-fatal problems (ownership, xattrs).
     pub warnings: Vec<String>,
+    /// With a listing dry run: every entry and what would happen to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<Planned>,
 }
 
-/// One entry to restore, in tree (pre-)order.
-struct Item {
-    rel: PathBuf,
-    node: Node,
+impl RestoreOutcome {
+    /// Whether everything asked for was restored.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty() && self.unmatched_includes.is_empty()
+    }
 }
 
 /// Files restored per batch, and chunks planned per batch at most: memory stays bounded
@@ -68,13 +151,45 @@ struct Item {
 const BATCH_FILES: usize = 4096;
 const BATCH_CHUNKS: u64 = 65_536;
 
-/// Restores snapshot tree `tree` into `opts.target`.
+/// Whether `target` is a directory holding something (a restore says so up front).
+pub fn target_is_nonempty(target: &Path) -> bool {
+    std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some())
+}
+
+fn interrupted() -> Error {
+    Error::new(
+        ErrorKind::Interrupted,
+        format!(
+            "restore interrupted by {}: partly written files were removed; every file under \
+             its final name is complete",
+            crate::interrupt::signal_name()
+        ),
+    )
+}
+
+fn kind_name(k: NodeKind) -> String {
+    format!("{k:?}").to_lowercase()
+}
+
+/// A hard-link group's first file.
+enum First {
+    /// In the current batch, at this position.
+    Pending(usize),
+    /// Restored by this restore: its path and (device, inode).
+    Restored(PathBuf, (u64, u64)),
+    /// Not restored by this restore (kept or failed): the next member restores content.
+    NotOurs,
+}
+
+/// Restores snapshot `snap` (whose id is `id`) into `opts.target`.
 pub fn run(
     repo: &Repo,
-    tree: Id,
+    id: Id,
+    snap: &Snapshot,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
+    let _cooperation = crate::interrupt::cooperate();
     let _lock = if opts.dry_run {
         None
     } else {
@@ -86,12 +201,22 @@ pub fn run(
         )?)
     };
     let index = repo.load_index()?;
-    let includes = globs(&opts.includes)?;
+    let root = repo.load_tree(&index, &snap.tree)?;
+    let layout = Layout::new(snap, &root);
+    let includes = Includes::new(&opts.includes, &layout)?;
+    let target_not_empty = target_is_nonempty(&opts.target);
 
-    // First pass: the whole tree is checked before anything is written, and counted.
-    let mut planned = RestoreOutcome::default();
-    let mut walk = Walk::new(repo, &index, tree, includes.as_ref())?;
+    // First pass: count (and list) what is selected, before anything is written.
+    let mut planned = RestoreOutcome {
+        snapshot: Some(SnapshotRef::new(id, snap)),
+        target_not_empty,
+        ..Default::default()
+    };
+    let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
     while let Some(item) = walk.next_item()? {
+        if crate::interrupt::cancelled() {
+            return Err(interrupted());
+        }
         match item.node.kind {
             NodeKind::File => {
                 planned.files += 1;
@@ -100,429 +225,219 @@ pub fn run(
             NodeKind::Dir => planned.dirs += 1,
             _ => planned.others += 1,
         }
+        if opts.list {
+            let path = opts.target.join(&item.rel);
+            let action = if item.node.kind == NodeKind::Dir {
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => "merge".to_string(),
+                    Ok(_) if opts.overwrite == Overwrite::Always => "replace".to_string(),
+                    Ok(_) => "fail: a non-directory is in the way".to_string(),
+                    Err(_) => "new".to_string(),
+                }
+            } else {
+                match entry::decide(&path, &item.node, opts.overwrite) {
+                    Ok(d) => d.verb().to_string(),
+                    Err(why) => format!("fail: {why}"),
+                }
+            };
+            planned.planned.push(Planned {
+                path: path.display().to_string(),
+                kind: kind_name(item.node.kind),
+                size: item.node.size,
+                action,
+            });
+        }
     }
-    if opts.dry_run {
+    let named = |rel: &str| format!("{}{rel}", opts.target.display());
+    let unmatched = includes.as_ref().map(|i| i.unmatched()).unwrap_or_default();
+    for p in &unmatched {
+        tracing::debug!("--include '{p}' matches nothing in the snapshot");
+    }
+    if opts.dry_run || planned.files + planned.dirs + planned.others == 0 {
+        planned.failed = walk
+            .failed
+            .iter()
+            .map(|(p, r)| (named(p), r.clone()))
+            .collect();
+        planned.unmatched_includes = unmatched;
         return Ok(planned);
     }
     let target = prepare_target(&opts.target)?;
     progress.phase("restore", Some(planned.bytes));
 
     // Second pass, in batches: create the entries, then write the batch's file content.
-    let mut out = RestoreOutcome::default();
-    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut walk = Walk::new(repo, &index, tree, includes.as_ref())?;
+    let mut out = RestoreOutcome {
+        snapshot: planned.snapshot.take(),
+        target_not_empty,
+        unmatched_includes: unmatched,
+        ..Default::default()
+    };
+    let temps = Temps::new();
+    let mut links: HashMap<(u64, u64), First> = HashMap::new();
+    let mut dirs: Vec<(PathBuf, crate::repo::Node)> = Vec::new();
+    let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
     let threads = if opts.threads == 0 { 4 } else { opts.threads };
+    let mut skip_under: Option<PathBuf> = None;
     loop {
         let mut files: Vec<FileTask> = Vec::new();
+        let mut deferred: Vec<(usize, PathBuf)> = Vec::new();
         let mut chunks_planned = 0;
         let mut more = false;
         while let Some(item) = walk.next_item()? {
+            if crate::interrupt::cancelled() {
+                return Err(interrupted());
+            }
+            if let Some(s) = &skip_under {
+                if item.rel.starts_with(s) {
+                    continue;
+                }
+                skip_under = None;
+            }
             let path = target.join(&item.rel);
             let node = item.node;
+            let mut fail = |reason: String| {
+                tracing::debug!("{}: {reason}", path.display());
+                out.failed.push((path.display().to_string(), reason));
+            };
             match node.kind {
-                NodeKind::Dir => {
-                    make_dir(&path)?;
-                    out.dirs += 1;
-                    dirs.push((path, node));
-                }
+                NodeKind::Dir => match entry::make_dir(&path, opts.overwrite) {
+                    Ok(made) => {
+                        out.dirs += 1;
+                        if made || opts.overwrite == Overwrite::Always {
+                            dirs.push((path, node));
+                        }
+                    }
+                    Err(reason) => {
+                        fail(format!("{reason}; nothing below it was restored"));
+                        skip_under = Some(item.rel);
+                    }
+                },
                 NodeKind::File => {
-                    if node.links > 1 {
-                        if let Some(first) = links.get(&(node.dev, node.inode)) {
-                            refuse_symlink(&path)?;
-                            remove_existing_file(&path)?;
-                            std::fs::hard_link(first, &path)
-                                .map_err(|e| Error::io("linking", &path, e))?;
-                            out.others += 1;
+                    match entry::decide(&path, &node, opts.overwrite) {
+                        Err(reason) => {
+                            fail(reason);
                             continue;
                         }
-                        links.insert((node.dev, node.inode), path.clone());
+                        Ok(Decision::Keep) => {
+                            out.kept += 1;
+                            if node.links > 1 {
+                                links.insert((node.dev, node.inode), First::NotOurs);
+                            }
+                            continue;
+                        }
+                        Ok(_) => {}
                     }
-                    let f = create_file(&path)?;
-                    f.set_len(node.size)
-                        .map_err(|e| Error::io("sizing", &path, e))?;
-                    let chunks = node
-                        .content
-                        .iter()
-                        .filter(|p| matches!(p, Piece::Chunk(..)))
-                        .count() as u64;
-                    chunks_planned += chunks;
-                    files.push(FileTask {
-                        path,
-                        node,
-                        remaining: AtomicU64::new(chunks),
-                        failed: Mutex::new(None),
-                        done: AtomicBool::new(false),
-                    });
+                    let key = (node.dev, node.inode);
+                    if node.links > 1 {
+                        match links.get(&key) {
+                            Some(First::Restored(first, ino)) => {
+                                match temps.link(first, *ino, &path) {
+                                    Ok(()) => out.others += 1,
+                                    Err(reason) => fail(reason),
+                                }
+                                continue;
+                            }
+                            Some(First::Pending(i)) => {
+                                deferred.push((*i, path));
+                                continue;
+                            }
+                            Some(First::NotOurs) | None => {}
+                        }
+                    }
+                    let (tmp, f) = match temps.create_file(&path) {
+                        Ok(t) => t,
+                        Err(reason) => {
+                            fail(reason);
+                            continue;
+                        }
+                    };
+                    let ino = match f.set_len(node.size).and_then(|()| f.metadata()) {
+                        Ok(m) => {
+                            use std::os::unix::fs::MetadataExt;
+                            (m.dev(), m.ino())
+                        }
+                        Err(e) => {
+                            temps.discard(&tmp);
+                            fail(format!("cannot size the file: {e}"));
+                            continue;
+                        }
+                    };
+                    drop(f);
+                    if node.links > 1 {
+                        links.insert(key, First::Pending(files.len()));
+                    }
+                    let task = FileTask::new(path, tmp, ino, node);
+                    chunks_planned += task.chunks();
+                    files.push(task);
                     if files.len() >= BATCH_FILES || chunks_planned >= BATCH_CHUNKS {
                         more = true;
                         break;
                     }
                 }
-                _ => {
-                    make_special(&path, &node, &mut out)?;
-                    out.others += 1;
-                }
+                _ => match entry::decide(&path, &node, opts.overwrite) {
+                    Err(reason) => fail(reason),
+                    Ok(Decision::Keep) => out.kept += 1,
+                    Ok(_) => match temps.make_special(&path, &node, &mut out.warnings) {
+                        Ok(true) => out.others += 1,
+                        Ok(false) => {}
+                        Err(reason) => fail(reason),
+                    },
+                },
             }
         }
-        restore_content(repo, &index, &files, threads, progress, &mut out);
+        out.bytes += content::restore(
+            repo,
+            &index,
+            &files,
+            &temps,
+            threads,
+            progress,
+            &mut out.warnings,
+        );
+        if crate::interrupt::cancelled() {
+            return Err(interrupted());
+        }
+        for f in &files {
+            match f.failure() {
+                Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
+                None => out.files += 1,
+            }
+        }
+        for first in links.values_mut() {
+            if let First::Pending(i) = first {
+                let f = &files[*i];
+                *first = match f.failure() {
+                    None => First::Restored(f.path.clone(), f.ino),
+                    Some(_) => First::NotOurs,
+                };
+            }
+        }
+        for (i, path) in deferred {
+            let f = &files[i];
+            let res = match f.failure() {
+                None => temps.link(&f.path, f.ino, &path),
+                Some(_) => Err(format!(
+                    "its hard link target {} could not be restored",
+                    f.path.display()
+                )),
+            };
+            match res {
+                Ok(()) => out.others += 1,
+                Err(reason) => out.failed.push((path.display().to_string(), reason)),
+            }
+        }
         if !more {
             break;
         }
     }
     // Directories last, deepest first, so their mtimes stay.
     for (path, node) in dirs.iter().rev() {
-        apply_metadata(path, node, &mut out.warnings);
+        entry::apply_metadata(path, node, path, &mut out.warnings);
     }
+    out.failed
+        .extend(walk.failed.iter().map(|(p, r)| (named(p), r.clone())));
     progress.finish();
     Ok(out)
-}
-
-/// Writes the content of a batch of files, pack by pack in parallel; then completes the
-/// files and counts them into `out`.
-fn restore_content(
-    repo: &Repo,
-    index: &Index,
-    files: &[FileTask],
-    threads: usize,
-    progress: &dyn Progress,
-    out: &mut RestoreOutcome,
-) {
-    let mut by_pack: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
-    for (fi, f) in files.iter().enumerate() {
-        let mut offset = 0u64;
-        for p in &f.node.content {
-            if let Piece::Chunk(id, len) = p {
-                match index.get(id) {
-                    Some(e) if e.raw_len == *len => {
-                        by_pack.entry(e.pack).or_default().push((*e, fi, offset))
-                    }
-                    _ => f.fail(format!(
-                        "chunk {} is missing from the repository",
-                        id.short()
-                    )),
-                }
-            }
-            offset += p.len();
-        }
-    }
-    let cx = ContentCx {
-        repo,
-        index,
-        files,
-        bytes: AtomicU64::new(0),
-        warnings: Mutex::new(std::mem::take(&mut out.warnings)),
-        progress,
-    };
-    let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let next = work.lock().expect("work lock").pop();
-                    let Some((pack_no, blobs)) = next else { break };
-                    restore_pack(&cx, pack_no, blobs);
-                }
-            });
-        }
-    });
-    // Files without chunks, and failed ones, are completed here.
-    for f in files {
-        if f.remaining.load(Ordering::SeqCst) == 0 || f.failed.lock().expect("lock").is_some() {
-            f.complete(&cx.warnings);
-        }
-    }
-    out.warnings = cx.warnings.into_inner().expect("lock");
-    out.bytes += cx.bytes.into_inner();
-    for f in files {
-        match f.failed.lock().expect("lock").take() {
-            Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
-            None => out.files += 1,
-        }
-    }
-}
-
-struct FileTask {
-    path: PathBuf,
-    node: Node,
-    remaining: AtomicU64,
-    failed: Mutex<Option<String>>,
-    done: AtomicBool,
-}
-
-impl FileTask {
-    fn fail(&self, reason: String) {
-        let mut f = self.failed.lock().expect("lock");
-        if f.is_none() {
-            tracing::error!("{}: {reason}", self.path.display());
-            *f = Some(reason);
-        }
-    }
-
-    /// Called once when all chunks are written (or the file failed).
-    fn complete(&self, warnings: &Mutex<Vec<String>>) {
-        if self.done.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        if self.failed.lock().expect("lock").is_some() {
-            // Never leave a file that looks restored but is not.
-            let _ = std::fs::remove_file(&self.path);
-        } else {
-            apply_metadata(&self.path, &self.node, &mut warnings.lock().expect("lock"));
-        }
-    }
-}
-
-/// What the content workers share.
-struct ContentCx<'a> {
-    repo: &'a Repo,
-    index: &'a Index,
-    files: &'a [FileTask],
-    bytes: AtomicU64,
-    warnings: Mutex<Vec<String>>,
-    progress: &'a dyn Progress,
-}
-
-/// A blob to write: its index entry, the file (position in `files`) and the offset.
-type Write = (crate::repo::index::Entry, usize, u64);
-
-fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
-    let ContentCx {
-        repo,
-        index,
-        files,
-        bytes,
-        warnings,
-        progress,
-    } = cx;
-    let (pack_id, _) = index.pack(pack_no);
-    let path = pack::path(&pack_id);
-    blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
-    let mut open = None;
-    // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
-    let mut i = 0;
-    while i < blobs.len() {
-        let start = u64::from(blobs[i].0.offset);
-        let mut end = start + u64::from(blobs[i].0.stored_len);
-        let mut j = i + 1;
-        while j < blobs.len() {
-            let (o, l) = (
-                u64::from(blobs[j].0.offset),
-                u64::from(blobs[j].0.stored_len),
-            );
-            if o > end + (1 << 20) || o + l - start > 8 << 20 {
-                break;
-            }
-            end = end.max(o + l);
-            j += 1;
-        }
-        let group = &blobs[i..j];
-        match repo.storage().read_range(&path, start..end) {
-            Err(e) => {
-                for (_, fi, _) in group {
-                    files[*fi].fail(format!("pack {} unreadable: {e}", pack_id.short()));
-                }
-            }
-            Ok(data) => {
-                let mut k = 0;
-                while k < group.len() {
-                    let e = group[k].0;
-                    let mut m = k;
-                    while m < group.len() && group[m].0.id == e.id {
-                        m += 1;
-                    }
-                    let lo = (u64::from(e.offset) - start) as usize;
-                    let plain = pack::open_blob(
-                        &data[lo..lo + e.stored_len as usize],
-                        &e.header(),
-                        repo.crypto(),
-                    );
-                    for (_, fi, off) in &group[k..m] {
-                        let f = &files[*fi];
-                        match &plain {
-                            Err(err) => f.fail(format!(
-                                "chunk {} in pack {} is corrupt: {err}",
-                                e.id.short(),
-                                pack_id.short()
-                            )),
-                            Ok(p) if f.failed.lock().expect("lock").is_none() => {
-                                if let Err(err) = write_at(&mut open, *fi, &f.path, p, *off) {
-                                    f.fail(err.to_string());
-                                } else {
-                                    bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                                    progress.bytes(p.len() as u64);
-                                }
-                            }
-                            Ok(_) => {}
-                        }
-                        if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            f.complete(warnings);
-                        }
-                    }
-                    k = m;
-                }
-            }
-        }
-        i = j;
-    }
-}
-
-/// Writes `data` at `offset` of file number `fi`, reusing the handle of the previous write
-/// when it went to the same file (a pack's chunks of one file come one after another).
-fn write_at(
-    open: &mut Option<(usize, File)>,
-    fi: usize,
-    path: &Path,
-    data: &[u8],
-    offset: u64,
-) -> Result<()> {
-    let f = match open {
-        Some((i, f)) if *i == fi => f,
-        _ => {
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|e| Error::io("opening", path, e))?;
-            &mut open.insert((fi, f)).1
-        }
-    };
-    f.write_all_at(data, offset)
-        .map_err(|e| Error::io("writing", path, e))
-}
-
-/// The snapshot tree in pre-order, loaded one directory at a time (memory: the open
-/// directories only). Names are checked as each directory loads. With include globs, a
-/// directory appears only once something below it is included.
-struct Walk<'a> {
-    repo: &'a Repo,
-    index: &'a Index,
-    includes: Option<&'a GlobSet>,
-    stack: Vec<Frame>,
-    /// Items to hand out before walking on: held-back directories, then an entry.
-    ready: VecDeque<Item>,
-}
-
-/// An open directory.
-struct Frame {
-    rel: PathBuf,
-    /// Whether an include glob matched the directory or one above it.
-    matched: bool,
-    /// The directory's own item while nothing below it was included.
-    held: Option<Item>,
-    entries: std::vec::IntoIter<Node>,
-}
-
-impl<'a> Walk<'a> {
-    fn new(
-        repo: &'a Repo,
-        index: &'a Index,
-        tree: Id,
-        includes: Option<&'a GlobSet>,
-    ) -> Result<Self> {
-        let mut w = Walk {
-            repo,
-            index,
-            includes,
-            stack: Vec::new(),
-            ready: VecDeque::new(),
-        };
-        w.open(tree, PathBuf::new(), false, None)?;
-        Ok(w)
-    }
-
-    fn open(&mut self, tree: Id, rel: PathBuf, matched: bool, held: Option<Item>) -> Result<()> {
-        let t = self.repo.load_tree(self.index, &tree)?;
-        let mut seen = HashSet::new();
-        for node in &t.nodes {
-            let problem = if !node.has_safe_name() {
-                "not a plain file name"
-            } else if !seen.insert(&node.name) {
-                "a duplicate entry"
-            } else {
-                continue;
-            };
-            return Err(Error::new(
-                ErrorKind::Unsafe,
-                format!(
-                    "refusing entry {:?} in {}: {problem}",
-                    String::from_utf8_lossy(&node.name),
-                    show(&rel)
-                ),
-            ));
-        }
-        self.stack.push(Frame {
-            rel,
-            matched,
-            held,
-            entries: t.nodes.into_iter(),
-        });
-        Ok(())
-    }
-
-    /// Queues `item` after the directories held back above it.
-    fn release(&mut self, item: Item) {
-        let held = self.stack.iter_mut().filter_map(|f| f.held.take());
-        self.ready.extend(held);
-        self.ready.push_back(item);
-    }
-
-    fn next_item(&mut self) -> Result<Option<Item>> {
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Ok(Some(item));
-            }
-            let Some(frame) = self.stack.last_mut() else {
-                return Ok(None);
-            };
-            let Some(node) = frame.entries.next() else {
-                self.stack.pop();
-                continue;
-            };
-            let rel = frame.rel.join(node.os_name());
-            let matched = frame.matched || self.includes.is_none_or(|g| g.is_match(&rel));
-            if node.kind == NodeKind::Dir {
-                if let Some(sub) = node.subtree {
-                    let item = Item {
-                        rel: rel.clone(),
-                        node,
-                    };
-                    if matched {
-                        self.release(item);
-                        self.open(sub, rel, true, None)?;
-                    } else {
-                        self.open(sub, rel, false, Some(item))?;
-                    }
-                }
-            } else if matched {
-                self.release(Item { rel, node });
-            }
-        }
-    }
-}
-
-fn show(rel: &Path) -> String {
-    if rel.as_os_str().is_empty() {
-        "/".into()
-    } else {
-        format!("/{}", rel.display())
-    }
-}
-
-fn globs(patterns: &[String]) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        let p = p.trim_start_matches('/');
-        for pat in [p.to_string(), format!("{p}/**")] {
-            b.add(Glob::new(&pat).map_err(|e| Error::config(format!("invalid glob '{p}': {e}")))?);
-        }
-    }
-    Ok(Some(b.build().map_err(|e| {
-        Error::config(format!("invalid globs: {e}"))
-    })?))
 }
 
 fn prepare_target(target: &Path) -> Result<PathBuf> {
@@ -537,141 +452,4 @@ fn prepare_target(target: &Path) -> Result<PathBuf> {
         )));
     }
     Ok(t)
-}
-
-fn unsafe_path(path: &Path, what: &str) -> Error {
-    Error::new(
-        ErrorKind::Unsafe,
-        format!("refusing to restore through {}: {what}", path.display()),
-    )
-}
-
-fn refuse_symlink(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(unsafe_path(path, "it is a symlink")),
-        _ => Ok(()),
-    }
-}
-
-fn make_dir(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(m) if m.file_type().is_symlink() => Err(unsafe_path(path, "a symlink is in the way")),
-        Ok(_) => Err(unsafe_path(path, "a non-directory is in the way")),
-        Err(_) => std::fs::create_dir(path).map_err(|e| Error::io("creating directory", path, e)),
-    }
-}
-
-fn remove_existing_file(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => Err(unsafe_path(path, "a directory is in the way")),
-        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io("replacing", path, e)),
-        Err(_) => Ok(()),
-    }
-}
-
-fn create_file(path: &Path) -> Result<File> {
-    refuse_symlink(path)?;
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                unsafe_path(path, "it is a symlink")
-            } else {
-                Error::io("creating", path, e)
-            }
-        })
-}
-
-fn make_special(path: &Path, node: &Node, out: &mut RestoreOutcome) -> Result<()> {
-    use nix::sys::stat::{Mode, SFlag, mknod};
-    refuse_symlink(path)?;
-    remove_existing_file(path)?;
-    let mode = Mode::from_bits_truncate(node.mode & 0o777);
-    let res = match node.kind {
-        NodeKind::Symlink => {
-            let target = node
-                .target
-                .as_deref()
-                .map(|t| <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(t))
-                .ok_or_else(|| {
-                    Error::corrupt(format!("symlink {} has no target", path.display()))
-                })?;
-            std::os::unix::fs::symlink(target, path)
-                .map_err(|e| Error::io("creating symlink", path, e))
-        }
-        NodeKind::Fifo => mknod(path, SFlag::S_IFIFO, mode, 0)
-            .map_err(|e| Error::io("creating fifo", path, e.into())),
-        NodeKind::CharDevice | NodeKind::BlockDevice => {
-            if !nix::unistd::geteuid().is_root() {
-                out.warnings.push(format!(
-                    "{}: device nodes are only restored as root",
-                    path.display()
-                ));
-                return Ok(());
-            }
-            let kind = if node.kind == NodeKind::CharDevice {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            mknod(path, kind, mode, node.rdev)
-                .map_err(|e| Error::io("creating device", path, e.into()))
-        }
-        NodeKind::Socket => {
-            out.warnings
-                .push(format!("{}: sockets are not restored", path.display()));
-            return Ok(());
-        }
-        NodeKind::File | NodeKind::Dir => unreachable!("handled by the caller"),
-    };
-    res?;
-    apply_metadata(path, node, &mut out.warnings);
-    Ok(())
-}
-
-/// Ownership (as root), permissions, xattrs, then times — in that order, since chown clears
-/// setuid bits and every other change touches the times.
-fn apply_metadata(path: &Path, node: &Node, warnings: &mut Vec<String>) {
-    use nix::sys::stat::{UtimensatFlags, utimensat};
-    use nix::sys::time::TimeSpec;
-    let is_link = node.kind == NodeKind::Symlink;
-    if nix::unistd::geteuid().is_root()
-        && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-    {
-        warnings.push(format!("{}: cannot set owner: {e}", path.display()));
-    }
-    if !is_link {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) =
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode & 0o7777))
-        {
-            warnings.push(format!("{}: cannot set permissions: {e}", path.display()));
-        }
-    }
-    for x in &node.xattrs {
-        let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&x.name);
-        if let Err(e) = xattr::set(path, name, &x.value) {
-            warnings.push(format!(
-                "{}: cannot set extended attribute {}: {e}",
-                path.display(),
-                name.to_string_lossy()
-            ));
-        }
-    }
-    let mtime = TimeSpec::new(node.mtime.sec, i64::from(node.mtime.nsec));
-    if let Err(e) = utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &mtime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    ) {
-        warnings.push(format!("{}: cannot set times: {e}", path.display()));
-    }
 }

@@ -11,6 +11,7 @@ mod integration {
     mod memory;
     mod output;
     mod prune;
+    mod restore;
     mod roundtrip;
     mod security;
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::output::{json, note, outln, size, table, time, time_str, warn};
 use super::progress::Bar;
-use super::{BackupArgs, CatalogCommand, Cli, Command, PolicyCommand, RepoArgs};
+use super::{BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepoArgs};
 use crate::backup::BackupOptions;
 use crate::catalog::Catalog;
 use crate::config::{self, PasswordSource};
@@ -16,7 +16,7 @@ use crate::policy::retention;
 use crate::progress::{NoProgress, Progress};
 use crate::repo::prune::{PruneOptions, PruneReport};
 use crate::repo::{InitOptions, NodeKind, Repo};
-use crate::restore::RestoreOptions;
+use crate::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
 use crate::storage::Storage;
 use crate::verify::ReadData;
 use crate::{jobs, policy};
@@ -81,6 +81,8 @@ fn password_source(args: &RepoArgs) -> PasswordSource {
 
 /// Runs the parsed command line. `Partial` errors mean "done, but something failed".
 pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
+    // SIGINT/SIGTERM: release locks and remove half-written files before exiting.
+    crate::interrupt::install();
     let ctx = Ctx { cli, rt };
     let json_out = cli.global.json;
     match &cli.command {
@@ -160,57 +162,107 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
         }
         Command::Ls {
             repo,
+            latest,
             snapshot,
             path,
-        } => ls(&ctx, repo, snapshot, path.as_deref()),
+        } => ls(&ctx, repo, latest, snapshot, path.as_deref()),
         Command::Restore {
             repo,
+            latest,
             snapshot,
             target,
             include,
+            overwrite,
             dry_run,
         } => {
             let r = ctx.open_repo(repo)?;
             let cat = ctx.catalog(None)?;
+            let filter = latest.filter();
+            let (sid, snap) = r.find_snapshot_for(snapshot, &filter)?;
+            let sref = SnapshotRef::new(sid, &snap);
+            let overwrite: Overwrite = (*overwrite).into();
+            let verb = if *dry_run {
+                "would restore"
+            } else {
+                "restoring"
+            };
+            note(format_args!("{verb} {sref} into {}", target.display()));
+            if restore::target_is_nonempty(target) {
+                let what = match overwrite {
+                    Overwrite::Never => "existing files are kept (--overwrite never)",
+                    Overwrite::IfChanged => {
+                        "existing files that differ are replaced (--overwrite if-changed)"
+                    }
+                    Overwrite::Always => "existing files are replaced (--overwrite always)",
+                };
+                warn(format_args!(
+                    "target {} is not empty: {what}",
+                    target.display()
+                ));
+            }
             let opts = RestoreOptions {
                 target: target.clone(),
                 includes: include.clone(),
                 dry_run: *dry_run,
+                list: *dry_run && cli.global.verbose > 0,
+                overwrite,
                 threads: 0,
                 retry_lock: retry_lock(repo)?,
             };
             let p = ctx.progress();
-            let o = jobs::restore(&cat, &r, snapshot, &opts, p.as_ref())?;
+            let o = jobs::restore(&cat, &r, &sid.to_hex(), &filter, &opts, p.as_ref())?;
             if json_out {
                 json(&o);
             } else {
+                for e in &o.planned {
+                    outln!("{:<13} {:<8} {:>10} {}", e.action, e.kind, e.size, e.path);
+                }
                 let verb = if *dry_run {
                     "would restore"
                 } else {
                     "restored"
                 };
                 outln!(
-                    "{verb} {} files, {} directories, {} other entries, {} into {}",
+                    "{verb} {} files, {} directories, {} other entries, {} into {} from {sref}",
                     o.files,
                     o.dirs,
                     o.others,
                     size(o.bytes),
                     target.display()
                 );
+                if o.kept > 0 {
+                    warn(format_args!(
+                        "kept {} existing entries as they were (--overwrite if-changed or always replaces them)",
+                        o.kept
+                    ));
+                }
                 for w in &o.warnings {
                     warn(format_args!("{w}"));
+                }
+                for p in &o.unmatched_includes {
+                    warn(format_args!(
+                        "--include '{p}' matches nothing in the snapshot"
+                    ));
                 }
                 for (path, why) in &o.failed {
                     note(format_args!("FAILED: {path}: {why}"));
                 }
             }
-            if o.failed.is_empty() {
-                Ok(())
-            } else {
+            if !o.failed.is_empty() {
                 Err(Error::new(
                     ErrorKind::Partial,
-                    format!("{} file(s) could not be restored", o.failed.len()),
+                    format!("{} entries could not be restored", o.failed.len()),
                 ))
+            } else if !o.unmatched_includes.is_empty() {
+                Err(Error::new(
+                    ErrorKind::Partial,
+                    format!(
+                        "--include {} matched nothing",
+                        o.unmatched_includes.join(", ")
+                    ),
+                ))
+            } else {
+                Ok(())
             }
         }
         Command::Verify {
@@ -513,27 +565,65 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     Ok(())
 }
 
-fn ls(ctx: &Ctx, repo: &RepoArgs, snapshot: &str, path: Option<&str>) -> Result<()> {
+fn ls(
+    ctx: &Ctx,
+    repo: &RepoArgs,
+    latest: &LatestArgs,
+    snapshot: &str,
+    path: Option<&str>,
+) -> Result<()> {
     let r = ctx.open_repo(repo)?;
-    let (_, snap) = r.find_snapshot(snapshot)?;
+    let (_, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
     let index = r.load_index()?;
-    let mut tree = r.load_tree(&index, &snap.tree)?;
-    let mut prefix = String::new();
-    for comp in path.unwrap_or("").split('/').filter(|c| !c.is_empty()) {
-        let node = tree
-            .find(comp.as_bytes())
-            .filter(|n| n.kind == NodeKind::Dir)
-            .ok_or_else(|| {
-                Error::config(format!("no directory {prefix}/{comp} in the snapshot"))
-            })?;
-        let sub = node
-            .subtree
-            .ok_or_else(|| Error::corrupt("directory without a tree"))?;
-        prefix = format!("{prefix}/{comp}");
-        tree = r.load_tree(&index, &sub)?;
-    }
+    let root = r.load_tree(&index, &snap.tree)?;
+    let layout = restore::Layout::new(&snap, &root);
     let mut out = Vec::new();
-    list(&r, &index, &tree, &prefix, &mut out)?;
+    let mut failed = Vec::new();
+    match path {
+        None => list(&r, &index, &root, "", &mut out, &mut failed)?,
+        Some(given) => {
+            // The first reading of the path that exists in the snapshot.
+            let mut found = None;
+            let mut last_err = None;
+            for cand in layout.candidates(given) {
+                match find_in(&r, &index, &root, &cand) {
+                    Ok(Some(f)) => {
+                        found = Some((cand, f));
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => last_err = Some(e),
+                }
+            }
+            match (found, last_err) {
+                (Some((cand, Found::Dir(tree))), _) => {
+                    let prefix = if cand.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{cand}")
+                    };
+                    list(&r, &index, &tree, &prefix, &mut out, &mut failed)?
+                }
+                (Some((cand, Found::Node(node))), _) => {
+                    let parent = cand.rsplit_once('/').map_or("", |(p, _)| p);
+                    let prefix = if parent.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{parent}")
+                    };
+                    let t = crate::repo::Tree { nodes: vec![node] };
+                    list(&r, &index, &t, &prefix, &mut out, &mut failed)?
+                }
+                (None, Some(e)) => return Err(e),
+                (None, None) => {
+                    return Err(Error::config(format!(
+                        "no {given} in the snapshot (paths are absolute as backed up, {}, or relative to its root)",
+                        snap.paths.join(", ")
+                    )));
+                }
+            }
+        }
+    }
     if ctx.cli.global.json {
         json(&out);
     } else {
@@ -547,15 +637,59 @@ fn ls(ctx: &Ctx, repo: &RepoArgs, snapshot: &str, path: Option<&str>) -> Result<
             );
         }
     }
-    Ok(())
+    for (p, why) in &failed {
+        note(format_args!("FAILED: {p}: {why}"));
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Partial,
+            format!("{} directories could not be listed", failed.len()),
+        ))
+    }
 }
 
+/// What a path inside a snapshot names.
+enum Found {
+    Dir(crate::repo::Tree),
+    Node(crate::repo::Node),
+}
+
+/// Looks up root-relative `rel` ("" is the root); `None` if it is not in the snapshot.
+fn find_in(
+    r: &Repo,
+    index: &crate::repo::Index,
+    root: &crate::repo::Tree,
+    rel: &str,
+) -> Result<Option<Found>> {
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    let mut tree = root.clone();
+    for (i, comp) in comps.iter().enumerate() {
+        let Some(node) = tree.find(comp.as_bytes()).cloned() else {
+            return Ok(None);
+        };
+        if node.kind != NodeKind::Dir {
+            return Ok((i + 1 == comps.len()).then_some(Found::Node(node)));
+        }
+        let sub = node.subtree.ok_or_else(|| {
+            Error::corrupt(format!("directory /{} has no tree", comps[..=i].join("/")))
+        })?;
+        tree = r
+            .load_tree(index, &sub)
+            .map_err(|e| e.context(format!("cannot read directory /{}", comps[..=i].join("/"))))?;
+    }
+    Ok(Some(Found::Dir(tree)))
+}
+
+/// Lists `tree` below `prefix`; a directory whose tree is damaged is named in `failed`.
 fn list(
     r: &Repo,
     index: &crate::repo::Index,
     tree: &crate::repo::Tree,
     prefix: &str,
     out: &mut Vec<serde_json::Value>,
+    failed: &mut Vec<(String, String)>,
 ) -> Result<()> {
     for n in &tree.nodes {
         let path = format!("{prefix}/{}", String::from_utf8_lossy(&n.name));
@@ -573,7 +707,14 @@ fn list(
         };
         out.push(json!({"path": path, "type": format!("{:?}", n.kind).to_lowercase(), "mode": format!("{kind}{:04o}", n.mode), "size": n.size, "mtime": t, "uid": n.uid, "gid": n.gid}));
         if let Some(sub) = n.subtree {
-            list(r, index, &r.load_tree(index, &sub)?, &path, out)?;
+            match r.load_tree(index, &sub) {
+                Ok(t) => list(r, index, &t, &path, out, failed)?,
+                Err(e) if e.kind() == ErrorKind::Corrupt => failed.push((
+                    path,
+                    format!("directory listing unreadable: {}", crate::error::chain(&e)),
+                )),
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -698,7 +839,14 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         target: target_dir.clone(),
         ..Default::default()
     };
-    let o = jobs::restore(&cat, &repo, &b.id.to_hex(), &ro, &NoProgress)?;
+    let o = jobs::restore(
+        &cat,
+        &repo,
+        &b.id.to_hex(),
+        &Default::default(),
+        &ro,
+        &NoProgress,
+    )?;
     outln!(
         "4. restored {} files ({}) into {}",
         o.files,

@@ -161,6 +161,8 @@ impl Held {
 pub struct LockGuard {
     held: Arc<Held>,
     refresher: Option<std::thread::JoinHandle<()>>,
+    /// Removes the lock object if a signal stops the process (see `crate::interrupt`).
+    _on_signal: crate::interrupt::OnExit,
 }
 
 impl LockGuard {
@@ -226,6 +228,14 @@ pub fn acquire(
         stop: AtomicBool::new(false),
         ttl,
     });
+    // Registered before the lock object is written, so a signal at any point removes it.
+    let on_signal = {
+        let held = held.clone();
+        crate::interrupt::on_exit(move || {
+            held.stop.store(true, Ordering::Relaxed);
+            let _ = held.storage.delete(&held.path);
+        })
+    };
     held.write()?;
     // Two processes may have written their locks at the same time: the exclusive side backs off.
     if let Some(holder) = conflict_except(storage, exclusive, &held.path)? {
@@ -257,6 +267,7 @@ pub fn acquire(
     Ok(LockGuard {
         held,
         refresher: Some(refresher),
+        _on_signal: on_signal,
     })
 }
 

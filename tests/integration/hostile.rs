@@ -1,4 +1,13 @@
-//! Hostile repositories: crafted trees must not make a restore write outside its target.
+//! Hostile repositories and targets: nothing a repository or a target holds makes a restore
+//! write outside its target.
+//!
+//! The target is nested several levels deep in a watched directory tree (`world/`, with
+//! siblings at every level), and everything in `world/` outside the target — names,
+//! metadata and content — must be identical before and after each restore. So a name like
+//! `../outside/evil` or `../../../../outside/evil`, seen from anywhere in the target,
+//! lands in watched territory if it is ever followed.
+
+use std::path::{Path, PathBuf};
 
 use serde_bytes::ByteBuf;
 
@@ -12,7 +21,7 @@ use backstop::storage::Storage;
 
 use super::common::*;
 
-fn node(name: &[u8], kind: NodeKind) -> Node {
+pub fn node(name: &[u8], kind: NodeKind) -> Node {
     Node {
         name: ByteBuf::from(name.to_vec()),
         kind,
@@ -33,30 +42,36 @@ fn node(name: &[u8], kind: NodeKind) -> Node {
     }
 }
 
-/// Writes an unencrypted repository whose one snapshot has the given trees; the first is
-/// the root. Returns the repository path.
-fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> (Id, Vec<Id>) {
+/// The id a tree gets in an unencrypted repository.
+pub fn tree_id(t: &Tree) -> Id {
+    Crypto::None.chunk_id(&t.encode())
+}
+
+/// Adds a snapshot of this host whose trees are `trees` (the first is the root) to the
+/// unencrypted repository of `env` (created if missing). `data` is stored as one chunk.
+pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let storage = Storage::open(env.repo().to_str().unwrap(), rt.handle().clone()).unwrap();
-    let repo = Repo::init(
-        storage,
-        &InitOptions {
-            passphrase: None,
-            kdf: KdfParams::default(),
-            chunker: ChunkerParams::default(),
-        },
-    )
-    .unwrap();
+    let repo = if env.repo().join("config").exists() {
+        Repo::open(storage, || unreachable!("unencrypted")).unwrap()
+    } else {
+        Repo::init(
+            storage,
+            &InitOptions {
+                passphrase: None,
+                kdf: KdfParams::default(),
+                chunker: ChunkerParams::default(),
+            },
+        )
+        .unwrap()
+    };
     let crypto = Crypto::None;
     let mut packer = Packer::new(1 << 20);
     let data_id = crypto.chunk_id(data);
     packer.add_plain(BlobKind::Data, data_id, data.to_vec(), 0, &crypto);
-    let mut ids = vec![];
+    let ids: Vec<Id> = trees.iter().map(tree_id).collect();
     for t in &trees {
-        let bytes = t.encode();
-        let id = crypto.chunk_id(&bytes);
-        packer.add_plain(BlobKind::Tree, id, bytes, 0, &crypto);
-        ids.push(id);
+        packer.add_plain(BlobKind::Tree, tree_id(t), t.encode(), 0, &crypto);
     }
     let p = packer.finish(&crypto);
     let located = pack::parse(&p.bytes, &crypto).unwrap();
@@ -69,13 +84,15 @@ fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> (Id, Vec<Id>) {
         blobs: located.into_iter().map(IndexBlob::from).collect(),
     }])
     .unwrap();
+    // Later snapshots are newer, so "latest" is the one crafted last.
+    std::thread::sleep(std::time::Duration::from_millis(10));
     repo.save_snapshot(&Snapshot {
         version: 1,
         time: chrono::Utc::now(),
-        hostname: "evil".into(),
+        hostname: backstop::repo::hostname(),
         username: "evil".into(),
         source: "files".into(),
-        paths: vec!["/".into()],
+        paths: vec!["/srv".into()],
         tree: ids[0],
         parent: None,
         kind: BackupKind::Full,
@@ -85,187 +102,274 @@ fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> (Id, Vec<Id>) {
         program: "crafted".into(),
     })
     .unwrap();
-    (data_id, ids)
+    data_id
 }
 
-fn file(name: &[u8], data_id: Id, len: u32) -> Node {
+pub fn file(name: &[u8], len: usize) -> Node {
     let mut n = node(name, NodeKind::File);
-    n.size = u64::from(len);
-    n.content = vec![Piece::Chunk(data_id, len)];
+    n.size = len as u64;
+    n.content = vec![Piece::Chunk(Crypto::None.chunk_id(PAYLOAD), len as u32)];
     n
 }
 
-const PAYLOAD: &[u8] = b"owned";
+pub fn dir(name: &[u8], sub: &Tree) -> Node {
+    let mut n = node(name, NodeKind::Dir);
+    n.mode = 0o755;
+    n.subtree = Some(tree_id(sub));
+    n
+}
 
-/// Restores the crafted repository and checks that it failed and nothing left the target.
-fn assert_contained(env: &Env, outside: &std::path::Path, target: &std::path::Path, expect: &str) {
-    let before = listing(outside).len();
-    let out = env
-        .cmd()
-        .args(["restore", "--repo"])
-        .arg(env.repo())
-        .args(["latest", "--target"])
-        .arg(target)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "restore must refuse the hostile repository"
-    );
-    assert!(
-        stderr.contains(expect),
-        "error should mention '{expect}': {stderr}"
-    );
-    assert_eq!(
-        listing(outside).len(),
-        before,
-        "something was written outside the target"
-    );
-    for e in listing(outside) {
-        if e.kind == "file" {
-            let p = outside.join(std::str::from_utf8(&e.path).unwrap());
-            assert_ne!(std::fs::read(p).unwrap(), PAYLOAD, "payload landed outside");
+pub fn symlink(name: &[u8], target: &[u8]) -> Node {
+    let mut n = node(name, NodeKind::Symlink);
+    n.target = Some(ByteBuf::from(target.to_vec()));
+    n
+}
+
+pub const PAYLOAD: &[u8] = b"owned";
+
+/// A scratch environment with a watched `world/` and a target deep inside it.
+pub struct World {
+    pub env: Env,
+    pub world: PathBuf,
+    pub outside: PathBuf,
+    pub target: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        let env = Env::new();
+        let world = env.path("world");
+        let outside = world.join("outside");
+        write(&outside.join("keep"), b"keep");
+        let mut d = world.clone();
+        // world/outside, world/a/outside, …, world/a/b/c/outside: `../outside` from the
+        // target or any directory of it, up to the world, lands on a watched directory.
+        for level in ["a", "b", "c", "target"] {
+            write(&d.join("sibling"), b"sibling");
+            write(&d.join("outside/keep"), b"keep");
+            d = d.join(level);
         }
+        let target = d;
+        std::fs::create_dir_all(&target).unwrap();
+        World {
+            env,
+            world,
+            outside,
+            target,
+        }
+    }
+
+    /// Every entry of `world/` outside the target, with its content.
+    pub fn fingerprint(&self) -> Vec<(Entry, Option<Vec<u8>>)> {
+        let rel_target = self.target.strip_prefix(&self.world).unwrap();
+        listing(&self.world)
+            .into_iter()
+            .filter(|e| !Path::new(std::str::from_utf8(&e.path).unwrap()).starts_with(rel_target))
+            .map(|e| {
+                let content = (e.kind == "file").then(|| {
+                    std::fs::read(self.world.join(std::str::from_utf8(&e.path).unwrap())).unwrap()
+                });
+                (e, content)
+            })
+            .collect()
+    }
+
+    /// Restores `latest` with `extra` arguments; asserts the exit code, that stderr
+    /// names `expect`, and that nothing outside the target changed.
+    pub fn restore(&self, extra: &[&str], code: i32, expect: &str) -> String {
+        let before = self.fingerprint();
+        let out = self
+            .env
+            .cmd()
+            .args(["restore", "--repo"])
+            .arg(self.env.repo())
+            .args(["latest", "--target"])
+            .arg(&self.target)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let after = self.fingerprint();
+        if before != after {
+            let changed: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
+            panic!("something outside the target changed: {changed:?}\n{stderr}");
+        }
+        assert!(!Path::new("/tmp/evil-abs").exists());
+        assert!(!Path::new("/evil").exists());
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(
+            stderr.contains(expect),
+            "stderr should mention '{expect}': {stderr}"
+        );
+        stderr
     }
 }
 
-fn setup() -> (Env, std::path::PathBuf, std::path::PathBuf) {
-    let env = Env::new();
-    let outside = env.path("outside");
-    std::fs::create_dir_all(&outside).unwrap();
-    write(&outside.join("keep"), b"keep");
-    let target = env.path("target/restore");
-    (env, outside, target)
-}
+const BAD_NAMES: &[&[u8]] = &[
+    b"../outside/evil",
+    b"../../../../outside/evil",
+    b"../outside",
+    b"..",
+    b".",
+    b"",
+    b"/",
+    b"/tmp/evil-abs",
+    b"a/b",
+    b"nul\0byte",
+];
 
 #[test]
-fn dot_dot_and_slash_names_are_refused() {
-    for bad in [
-        &b".."[..],
-        b"../outside/evil",
-        b"/tmp/evil-abs",
-        b"a/b",
-        b".",
-        b"",
-        b"nul\0byte",
-    ] {
-        let (env, outside, target) = setup();
-        let data_id = backstop::pipeline::Crypto::None.chunk_id(PAYLOAD);
-        craft(
-            &env,
-            vec![Tree {
-                nodes: vec![file(bad, data_id, PAYLOAD.len() as u32)],
-            }],
-            PAYLOAD,
-        );
-        assert_contained(&env, &outside, &target, "not a plain file name");
-        assert!(!std::path::Path::new("/tmp/evil-abs").exists());
+fn bad_names_on_files_directories_and_symlinks_fail_alone_inside_the_target() {
+    for bad in BAD_NAMES {
+        for kind in ["file", "dir", "symlink"] {
+            let w = World::new();
+            let inner = Tree {
+                nodes: vec![file(b"evil", PAYLOAD.len())],
+            };
+            let keep = w.outside.join("keep");
+            let bad_node = match kind {
+                "file" => file(bad, PAYLOAD.len()),
+                "dir" => dir(bad, &inner),
+                _ => symlink(bad, keep.as_os_str().as_encoded_bytes()),
+            };
+            let mut nodes = vec![file(b"good", PAYLOAD.len()), bad_node];
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            craft(&w.env, vec![Tree { nodes }, inner], PAYLOAD);
+            let err = w.restore(&[], 3, "not a plain file name");
+            assert_eq!(
+                std::fs::read(w.target.join("good")).unwrap(),
+                PAYLOAD,
+                "{kind} {bad:?}: the rest restores: {err}"
+            );
+            let inside: Vec<_> = listing(&w.target).into_iter().map(|e| e.path).collect();
+            assert_eq!(inside, vec![b"good".to_vec()], "{kind} {bad:?}");
+        }
     }
 }
 
 #[test]
 fn symlink_then_directory_of_the_same_name_is_refused() {
-    let (env, outside, target) = setup();
-    let data_id = Crypto::None.chunk_id(PAYLOAD);
+    let w = World::new();
     let inner = Tree {
-        nodes: vec![file(b"evil", data_id, PAYLOAD.len() as u32)],
+        nodes: vec![file(b"evil", PAYLOAD.len())],
     };
-    let inner_id = Crypto::None.chunk_id(&inner.encode());
-    let mut link = node(b"link", NodeKind::Symlink);
-    link.target = Some(ByteBuf::from(
-        outside.as_os_str().as_encoded_bytes().to_vec(),
-    ));
-    let mut dir = node(b"link", NodeKind::Dir);
-    dir.subtree = Some(inner_id);
+    let link = symlink(b"link", w.outside.as_os_str().as_encoded_bytes());
+    let d = dir(b"link", &inner);
     craft(
-        &env,
+        &w.env,
         vec![
             Tree {
-                nodes: vec![link, dir],
+                nodes: vec![link, d],
             },
             inner,
         ],
         PAYLOAD,
     );
-    assert_contained(&env, &outside, &target, "duplicate entry");
+    w.restore(&[], 3, "duplicate entry");
+    assert!(!w.target.join("link").exists());
 }
 
 #[test]
-fn symlink_then_file_through_it_is_refused() {
-    // A symlink "link" pointing outside, then a file "link" (written through it if followed).
-    let (env, outside, target) = setup();
-    let data_id = Crypto::None.chunk_id(PAYLOAD);
-    let mut link = node(b"link", NodeKind::Symlink);
-    link.target = Some(ByteBuf::from(
-        outside.join("keep").as_os_str().as_encoded_bytes().to_vec(),
-    ));
+fn symlink_then_file_of_the_same_name_is_refused() {
+    let w = World::new();
+    let link = symlink(
+        b"link",
+        w.outside.join("keep").as_os_str().as_encoded_bytes(),
+    );
     craft(
-        &env,
+        &w.env,
         vec![Tree {
-            nodes: vec![link, file(b"link", data_id, PAYLOAD.len() as u32)],
+            nodes: vec![link, file(b"link", PAYLOAD.len())],
         }],
         PAYLOAD,
     );
-    assert_contained(&env, &outside, &target, "duplicate entry");
-    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+    w.restore(&[], 3, "duplicate entry");
 }
 
 #[test]
-fn pre_existing_symlinks_in_the_target_are_refused() {
-    // target/dir -> outside, and target/file -> outside/keep.
-    let (env, outside, target) = setup();
-    std::fs::create_dir_all(&target).unwrap();
-    std::os::unix::fs::symlink(&outside, target.join("dir")).unwrap();
-    let data_id = Crypto::None.chunk_id(PAYLOAD);
-    let inner = Tree {
-        nodes: vec![file(b"evil", data_id, PAYLOAD.len() as u32)],
-    };
-    let inner_id = Crypto::None.chunk_id(&inner.encode());
-    let mut dir = node(b"dir", NodeKind::Dir);
-    dir.subtree = Some(inner_id);
-    craft(&env, vec![Tree { nodes: vec![dir] }, inner], PAYLOAD);
-    assert_contained(&env, &outside, &target, "symlink is in the way");
+fn symlinks_restored_earlier_are_never_followed_by_a_later_restore() {
+    // A first snapshot plants symlinks pointing outside (relative and absolute), a second
+    // one has a directory and a file below and at those names.
+    for overwrite in ["never", "if-changed", "always"] {
+        let w = World::new();
+        let outside = w.outside.as_os_str().as_encoded_bytes().to_vec();
+        craft(
+            &w.env,
+            vec![Tree {
+                nodes: vec![
+                    symlink(b"abs", &outside),
+                    symlink(b"file", b"../outside/keep"),
+                    symlink(b"rel", b"../../../../outside"),
+                ],
+            }],
+            PAYLOAD,
+        );
+        w.restore(&[], 0, "restoring snapshot");
+        let inner = Tree {
+            nodes: vec![file(b"keep", PAYLOAD.len())],
+        };
+        craft(
+            &w.env,
+            vec![
+                Tree {
+                    nodes: vec![
+                        dir(b"abs", &inner),
+                        file(b"file", PAYLOAD.len()),
+                        dir(b"rel", &inner),
+                    ],
+                },
+                inner,
+            ],
+            PAYLOAD,
+        );
+        let code = if overwrite == "always" { 0 } else { 3 };
+        let err = w.restore(&["--overwrite", overwrite], code, "");
+        if overwrite == "always" {
+            // Replaced inside the target, never followed.
+            assert_eq!(std::fs::read(w.target.join("abs/keep")).unwrap(), PAYLOAD);
+            assert_eq!(std::fs::read(w.target.join("file")).unwrap(), PAYLOAD);
+        } else {
+            assert!(err.contains("symlink is in the way"), "{err}");
+        }
+    }
+}
 
-    let (env, outside, target) = setup();
-    std::fs::create_dir_all(&target).unwrap();
-    std::os::unix::fs::symlink(outside.join("keep"), target.join("file")).unwrap();
-    craft(
-        &env,
-        vec![Tree {
-            nodes: vec![file(b"file", data_id, PAYLOAD.len() as u32)],
-        }],
-        PAYLOAD,
-    );
-    assert_contained(&env, &outside, &target, "symlink");
-    assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"keep");
+#[test]
+fn pre_existing_symlinks_in_the_target_are_not_followed() {
+    // target/dir -> outside, and target/file -> outside/keep, for every --overwrite.
+    for overwrite in ["never", "if-changed", "always"] {
+        let w = World::new();
+        std::os::unix::fs::symlink(&w.outside, w.target.join("dir")).unwrap();
+        std::os::unix::fs::symlink(w.outside.join("keep"), w.target.join("file")).unwrap();
+        let inner = Tree {
+            nodes: vec![file(b"evil", PAYLOAD.len())],
+        };
+        craft(
+            &w.env,
+            vec![
+                Tree {
+                    nodes: vec![dir(b"dir", &inner), file(b"file", PAYLOAD.len())],
+                },
+                inner,
+            ],
+            PAYLOAD,
+        );
+        let code = if overwrite == "always" { 0 } else { 3 };
+        w.restore(&["--overwrite", overwrite], code, "is not empty");
+    }
 }
 
 #[test]
 fn oversized_and_inconsistent_lengths_are_refused() {
     // A chunk whose recorded length disagrees with the index, and a file claiming a huge size.
-    let (env, outside, target) = setup();
-    let data_id = Crypto::None.chunk_id(PAYLOAD);
-    let mut f = file(b"f", data_id, 4096);
+    let w = World::new();
+    let mut f = file(b"f", 4096);
     f.size = 4096;
-    craft(&env, vec![Tree { nodes: vec![f] }], PAYLOAD);
-    let out = env
-        .cmd()
-        .args(["restore", "--repo"])
-        .arg(env.repo())
-        .args(["latest", "--target"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    craft(&w.env, vec![Tree { nodes: vec![f] }], PAYLOAD);
+    w.restore(&[], 3, "missing from the repository");
     assert!(
-        !target.join("f").exists(),
+        !w.target.join("f").exists(),
         "a file that failed is not left behind"
     );
-    assert_eq!(listing(&outside).len(), 1);
+    assert!(listing(&w.target).is_empty(), "no temporary file is left");
 }

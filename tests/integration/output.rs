@@ -74,7 +74,10 @@ fn no_colour_and_json_logs_only_json_when_not_a_terminal() {
         .unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stale lock"), "the stale lock is logged: {err}");
+    assert!(
+        err.contains("stale lock"),
+        "the stale lock is logged: {err}"
+    );
     assert!(!err.contains('\x1b'), "ANSI escapes in {err:?}");
 
     // --log-format json: every line on standard error is JSON, failures included.

@@ -1,0 +1,296 @@
+//! File content: chunks grouped by pack, packs read in parallel (coalesced range reads),
+//! each chunk decrypted, decompressed and checked against its id before it is written at
+//! its offsets into the file's temporary name. Holes are never written, so sparse files
+//! stay sparse. A file gets its final name once its last chunk is written; a missing or
+//! corrupt chunk fails only the files that need it (their temporary files are removed).
+//! Workers stop between packs and range reads once the restore is interrupted.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::entry::{Temps, apply_metadata};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::pack;
+use crate::repo::{Index, Node, Piece, Repo};
+
+/// A file being restored.
+pub struct FileTask {
+    /// Final name.
+    pub path: PathBuf,
+    /// Temporary name, written to.
+    pub tmp: PathBuf,
+    /// (device, inode) of the temporary file, which keeps it when renamed.
+    pub ino: (u64, u64),
+    /// The snapshot's entry.
+    pub node: Node,
+    remaining: AtomicU64,
+    failed: Mutex<Option<String>>,
+    done: AtomicBool,
+}
+
+impl FileTask {
+    /// A file whose content goes to `tmp`, then to `path`.
+    pub fn new(path: PathBuf, tmp: PathBuf, ino: (u64, u64), node: Node) -> FileTask {
+        let chunks = node
+            .content
+            .iter()
+            .filter(|p| matches!(p, Piece::Chunk(..)))
+            .count() as u64;
+        FileTask {
+            path,
+            tmp,
+            ino,
+            node,
+            remaining: AtomicU64::new(chunks),
+            failed: Mutex::new(None),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// Chunks of the file.
+    pub fn chunks(&self) -> u64 {
+        self.remaining.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, reason: String) {
+        let mut f = self.failed.lock().expect("lock");
+        if f.is_none() {
+            tracing::debug!("{}: {reason}", self.path.display());
+            *f = Some(reason);
+        }
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.lock().expect("lock").is_some()
+    }
+
+    /// Called once all chunks are written (or the file failed): metadata, a last check,
+    /// then the final name. An interrupted restore completes nothing more.
+    fn complete(&self, temps: &Temps, warnings: &Mutex<Vec<String>>) {
+        if crate::interrupt::cancelled() || self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if self.is_failed() {
+            temps.discard(&self.tmp);
+            return;
+        }
+        match std::fs::symlink_metadata(&self.tmp) {
+            Ok(m) if m.len() == self.node.size => {}
+            Ok(m) => {
+                self.fail(format!(
+                    "wrote {} bytes where the snapshot has {}",
+                    m.len(),
+                    self.node.size
+                ));
+                temps.discard(&self.tmp);
+                return;
+            }
+            Err(e) => {
+                self.fail(format!("the temporary file vanished: {e}"));
+                temps.discard(&self.tmp);
+                return;
+            }
+        }
+        let mut w = Vec::new();
+        apply_metadata(&self.tmp, &self.node, &self.path, &mut w);
+        warnings.lock().expect("lock").extend(w);
+        if let Err(reason) = temps.place(&self.tmp, &self.path) {
+            self.fail(reason);
+        }
+    }
+
+    /// The failure, if the file failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("lock").clone()
+    }
+}
+
+/// What the content workers share.
+struct ContentCx<'a> {
+    repo: &'a Repo,
+    index: &'a Index,
+    files: &'a [FileTask],
+    temps: &'a Temps,
+    bytes: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+    progress: &'a dyn Progress,
+}
+
+/// A blob to write: its index entry, the file (position in `files`) and the offset.
+type Write = (crate::repo::index::Entry, usize, u64);
+
+/// Writes the content of a batch of files, pack by pack in parallel, and completes them.
+/// Returns the bytes written; warnings are added to `warnings`.
+pub fn restore(
+    repo: &Repo,
+    index: &Index,
+    files: &[FileTask],
+    temps: &Temps,
+    threads: usize,
+    progress: &dyn Progress,
+    warnings: &mut Vec<String>,
+) -> u64 {
+    let mut by_pack: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
+    for (fi, f) in files.iter().enumerate() {
+        let mut offset = 0u64;
+        for p in &f.node.content {
+            if let Piece::Chunk(id, len) = p {
+                match index.get(id) {
+                    Some(e) if e.raw_len == *len => {
+                        by_pack.entry(e.pack).or_default().push((*e, fi, offset))
+                    }
+                    _ => f.fail(format!(
+                        "chunk {} is missing from the repository",
+                        id.short()
+                    )),
+                }
+            }
+            offset += p.len();
+        }
+    }
+    let cx = ContentCx {
+        repo,
+        index,
+        files,
+        temps,
+        bytes: AtomicU64::new(0),
+        warnings: Mutex::new(std::mem::take(warnings)),
+        progress,
+    };
+    let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while !crate::interrupt::cancelled() {
+                    let next = work.lock().expect("work lock").pop();
+                    let Some((pack_no, blobs)) = next else { break };
+                    restore_pack(&cx, pack_no, blobs);
+                }
+            });
+        }
+    });
+    // Files without chunks, and failed ones, are completed here.
+    for f in files {
+        if f.remaining.load(Ordering::SeqCst) == 0 || f.is_failed() {
+            f.complete(temps, &cx.warnings);
+        }
+    }
+    *warnings = cx.warnings.into_inner().expect("lock");
+    cx.bytes.into_inner()
+}
+
+fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
+    let ContentCx {
+        repo,
+        index,
+        files,
+        temps,
+        bytes,
+        warnings,
+        progress,
+    } = cx;
+    let (pack_id, _) = index.pack(pack_no);
+    let path = pack::path(&pack_id);
+    blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
+    let mut open = None;
+    // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
+    let mut i = 0;
+    while i < blobs.len() && !crate::interrupt::cancelled() {
+        let start = u64::from(blobs[i].0.offset);
+        let mut end = start + u64::from(blobs[i].0.stored_len);
+        let mut j = i + 1;
+        while j < blobs.len() {
+            let (o, l) = (
+                u64::from(blobs[j].0.offset),
+                u64::from(blobs[j].0.stored_len),
+            );
+            if o > end + (1 << 20) || o + l - start > 8 << 20 {
+                break;
+            }
+            end = end.max(o + l);
+            j += 1;
+        }
+        let group = &blobs[i..j];
+        match repo.storage().read_range(&path, start..end) {
+            Err(e) => {
+                for (_, fi, _) in group {
+                    let f = &files[*fi];
+                    f.fail(format!("pack {} unreadable: {e}", pack_id.short()));
+                    if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        f.complete(temps, warnings);
+                    }
+                }
+            }
+            Ok(data) => {
+                let mut k = 0;
+                while k < group.len() {
+                    let e = group[k].0;
+                    let mut m = k;
+                    while m < group.len() && group[m].0.id == e.id {
+                        m += 1;
+                    }
+                    let lo = (u64::from(e.offset) - start) as usize;
+                    let plain = pack::open_blob(
+                        &data[lo..lo + e.stored_len as usize],
+                        &e.header(),
+                        repo.crypto(),
+                    );
+                    for (_, fi, off) in &group[k..m] {
+                        let f = &files[*fi];
+                        match &plain {
+                            Err(err) => f.fail(format!(
+                                "chunk {} in pack {} is corrupt: {err}",
+                                e.id.short(),
+                                pack_id.short()
+                            )),
+                            Ok(p) if !f.is_failed() => {
+                                if let Err(err) = write_at(&mut open, *fi, &f.tmp, p, *off) {
+                                    f.fail(crate::error::chain(&err));
+                                } else {
+                                    bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                                    progress.bytes(p.len() as u64);
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                        if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            open = None;
+                            f.complete(temps, warnings);
+                        }
+                    }
+                    k = m;
+                }
+            }
+        }
+        i = j;
+    }
+}
+
+/// Writes `data` at `offset` of file number `fi`, reusing the handle of the previous write
+/// when it went to the same file (a pack's chunks of one file come one after another).
+fn write_at(
+    open: &mut Option<(usize, File)>,
+    fi: usize,
+    path: &Path,
+    data: &[u8],
+    offset: u64,
+) -> Result<()> {
+    let f = match open {
+        Some((i, f)) if *i == fi => f,
+        _ => {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| Error::io("opening", path, e))?;
+            &mut open.insert((fi, f)).1
+        }
+    };
+    f.write_all_at(data, offset)
+        .map_err(|e| Error::io("writing", path, e))
+}
