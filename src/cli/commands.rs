@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::output::{json, note, outln, size, table, time, time_str, warn};
+use super::output::{failure, json, note, outln, size, table, time, time_str, warn};
 use super::progress::Bar;
 use super::{BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepoArgs};
 use crate::backup::BackupOptions;
@@ -245,7 +245,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     ));
                 }
                 for (path, why) in &o.failed {
-                    note(format_args!("FAILED: {path}: {why}"));
+                    failure(format_args!("FAILED: {path}: {why}"));
                 }
             }
             if !o.failed.is_empty() {
@@ -638,7 +638,7 @@ fn ls(
         }
     }
     for (p, why) in &failed {
-        note(format_args!("FAILED: {p}: {why}"));
+        failure(format_args!("FAILED: {p}: {why}"));
     }
     if failed.is_empty() {
         Ok(())

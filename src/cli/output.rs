@@ -50,13 +50,32 @@ pub fn warn(msg: impl std::fmt::Display) {
     }
 }
 
-/// A line on standard error (a JSON log event with `--log-format json`), e.g. a failed file.
+/// A message for the operator on standard error, e.g. which snapshot a restore uses.
 pub fn note(msg: impl std::fmt::Display) {
-    if log_json() {
-        tracing::error!("{msg}");
+    stderr_line("INFO", msg);
+}
+
+/// Something that failed while the command went on, e.g. a file that could not be restored.
+pub fn failure(msg: impl std::fmt::Display) {
+    stderr_line("ERROR", msg);
+}
+
+/// Writes `msg` to standard error: as it is, or as a JSON log line (the shape tracing's JSON
+/// lines have) with `--log-format json`, at `level` whatever the log filter says. Errors
+/// writing standard error are ignored: there is nowhere left to report them.
+fn stderr_line(level: &str, msg: impl std::fmt::Display) {
+    let line = if log_json() {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+            "level": level,
+            "fields": {"message": msg.to_string()},
+            "target": "backstop",
+        })
+        .to_string()
     } else {
-        let _ = writeln!(std::io::stderr().lock(), "{msg}");
-    }
+        msg.to_string()
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// A time for tables: local time to the second, one format for every command (JSON output
