@@ -53,7 +53,7 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let storage = Storage::open(env.repo().to_str().unwrap(), rt.handle().clone()).unwrap();
     let repo = if env.repo().join("config").exists() {
-        Repo::open(storage, || unreachable!("unencrypted")).unwrap()
+        Repo::open(storage, || Err(backstop::Error::config("unencrypted"))).unwrap()
     } else {
         Repo::init(
             storage,
