@@ -32,7 +32,8 @@ impl Env {
         self.path("repo")
     }
 
-    /// `backstop` with the environment's password and data directory.
+    /// `backstop` with the environment's data directory, and its password unless the
+    /// environment's repository is unencrypted.
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("backstop").expect("binary");
         c.env("BACKSTOP_PASSWORD", PASSWORD)
@@ -40,6 +41,10 @@ impl Env {
             .env_remove("BACKSTOP_REPO")
             .env_remove("BACKSTOP_CATALOG")
             .env_remove("BACKSTOP_CRASH_AT");
+        if self.repo_is_unencrypted() {
+            // backstop refuses a password for an unencrypted repository (a downgrade guard).
+            c.env_remove("BACKSTOP_PASSWORD");
+        }
         c
     }
 
@@ -47,10 +52,6 @@ impl Env {
     pub fn run(&self, args: &[&str]) -> Command {
         let mut c = self.cmd();
         c.args(args).env("BACKSTOP_REPO", self.repo());
-        if self.repo_is_unencrypted() {
-            // backstop refuses a password for an unencrypted repository (a downgrade guard).
-            c.env_remove("BACKSTOP_PASSWORD");
-        }
         c
     }
 
