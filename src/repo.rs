@@ -297,7 +297,19 @@ impl Repo {
         let mut files = Vec::new();
         for l in self.storage.list("index/")? {
             let id = id_from_path(&l.path)?;
-            files.push(IndexFile::decode(&self.read_object(&l.path, &id)?)?);
+            let file = IndexFile::decode(&self.read_object(&l.path, &id)?).map_err(|e| {
+                if self.crypto.is_encrypted() {
+                    e
+                } else {
+                    // Sealed bytes read as plaintext: the config of an encrypted repository
+                    // was replaced by an unencrypted one (docs/SECURITY.md).
+                    e.context(format!(
+                        "{} (if this repository was encrypted, its config was altered: tampering)",
+                        l.path
+                    ))
+                }
+            })?;
+            files.push(file);
         }
         Ok(Index::from_files(files))
     }

@@ -103,11 +103,13 @@ fn edit_config(env: &Env, edit: impl FnOnce(&mut serde_json::Value)) {
     std::fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
 
-/// `backstop ARGS` with the password, even where the harness would drop it.
+/// `backstop ARGS` with the password, even where the harness would drop it (the config says
+/// unencrypted).
 fn with_password(env: &Env, args: &[&str]) -> std::process::Output {
     env.cmd()
         .args(args)
         .env("BACKSTOP_REPO", env.repo())
+        .env("BACKSTOP_PASSWORD", PASSWORD)
         .output()
         .unwrap()
 }
@@ -189,19 +191,21 @@ fn downgrade_with_deleted_keys_is_refused_when_a_password_is_given() {
     assert_eq!(packs_and_snapshots(&env), before);
     assert!(objects_containing(&env.repo(), MARKER).is_empty());
     // Without a password, the sealed manifests do not decode: an error, not a listing.
-    let out = env
-        .cmd()
-        .args(["snapshots"])
-        .env("BACKSTOP_REPO", env.repo())
-        .env_remove("BACKSTOP_PASSWORD")
-        .output()
-        .unwrap();
+    let out = env.run(&["snapshots"]).output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(13),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // And a backup without a password fails on the sealed index, naming tampering, before
+    // writing anything.
+    let out = env.run(&["backup"]).arg(&src).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(13), "{err}");
+    assert!(err.contains("tampering"), "{err}");
+    assert_eq!(packs_and_snapshots(&env), before);
+    assert!(objects_containing(&env.repo(), MARKER).is_empty());
 }
 
 #[test]
@@ -215,7 +219,9 @@ fn downgrade_keeping_the_keys_is_refused_as_tampering() {
     for pw in [true, false] {
         let mut c = env.cmd();
         c.args(["snapshots"]).env("BACKSTOP_REPO", env.repo());
-        if !pw {
+        if pw {
+            c.env("BACKSTOP_PASSWORD", PASSWORD);
+        } else {
             c.env_remove("BACKSTOP_PASSWORD");
         }
         let out = c.output().unwrap();
