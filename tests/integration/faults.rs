@@ -32,6 +32,19 @@ fn assert_clean_failure(out: &std::process::Output, what: &str) {
     assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
+/// Counts, in a run's log, the faults injected of `kind` and the transient errors retried.
+fn fault_counts(stderr: &str, kind: &str) -> (usize, usize) {
+    let injected = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("fault injected: {kind} on ")))
+        .count();
+    let retried = stderr
+        .lines()
+        .filter(|l| l.contains("retrying ") && l.contains("after a transient error"))
+        .count();
+    (injected, retried)
+}
+
 #[test]
 fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
     let kinds = [
@@ -47,14 +60,22 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
         env.init();
         let src = tree(&env, n as u64 + 1);
         let faults = format!("{kind}=0.25,seed={n}");
+        let (mut injected, mut retried) = (0, 0);
+        let mut count = |out: &std::process::Output| {
+            let (i, r) = fault_counts(&String::from_utf8_lossy(&out.stderr), kind);
+            injected += i;
+            retried += r;
+        };
         // Backup under faults: either it committed a complete snapshot, or it failed clearly
         // and committed nothing.
         let out = env
             .run(&["backup"])
             .arg(&src)
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         let committed = env.snapshots().len();
         if out.status.success() {
             assert_eq!(committed, 1, "{kind}");
@@ -69,8 +90,10 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
         let out = env
             .run(&["verify", "--read-data"])
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         if !out.status.success() {
             assert_clean_failure(&out, kind);
         }
@@ -79,8 +102,10 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
             .run(&["restore", "latest", "--target"])
             .arg(&dest)
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         if out.status.success() {
             assert_same_tree(&src, &dest);
         } else {
@@ -100,7 +125,59 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
                 );
             }
         }
+        // The faults really fired, and the transient ones were retried.
+        assert!(injected >= 3, "{kind}: only {injected} fault(s) injected");
+        if !matches!(*kind, "list-lag") {
+            assert!(retried >= 1, "{kind}: {injected} faults, none retried");
+        }
+        eprintln!("{kind}: {injected} injected, {retried} retried");
     }
+}
+
+/// The faults a run injects, sorted (paths of content-addressed objects only: lock and
+/// snapshot names differ between runs).
+fn injected_faults(stderr: &str) -> Vec<String> {
+    let mut v: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| l.split_once("fault injected: ").map(|(_, f)| f.to_string()))
+        .filter(|f| f.contains(" on data/") || f.contains(" on index/"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_fault_seed_replays_the_same_faults() {
+    // Two identical repositories (one copied from the other: same keys and chunker), the
+    // same backup with the same seed: the same faults on the same objects, whatever order
+    // the threads ran in.
+    let env = Env::new();
+    env.init();
+    let src = tree(&env, 9);
+    let copy = env.path("repo2");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(env.repo())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let faults = "write-error=0.2,read-error=0.2,read-bitflip=0.2,seed=11";
+    let run = |repo: &std::path::Path| {
+        let out = env
+            .cmd()
+            .args(["backup", "--threads", "4"])
+            .arg(&src)
+            .env("BACKSTOP_REPO", repo)
+            .env("BACKSTOP_FAULTS", faults)
+            .env("BACKSTOP_LOG", "backstop=info")
+            .output()
+            .unwrap();
+        injected_faults(&String::from_utf8_lossy(&out.stderr))
+    };
+    let (a, b) = (run(&env.repo()), run(&copy));
+    assert!(a.len() >= 5, "too few faults to compare: {a:?}");
+    assert_eq!(a, b, "the same seed injected different faults");
 }
 
 /// A small tmpfs, unmounted when dropped.
@@ -153,6 +230,12 @@ fn out_of_space_fails_clearly_and_leaves_the_repository_usable() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The failed writes removed their temporary objects: nothing is left behind.
+    let tmp: Vec<_> = std::fs::read_dir(repo.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(tmp.is_empty(), "temporary objects left behind: {tmp:?}");
     let out = run(&["snapshots", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "no partial snapshot");
@@ -173,6 +256,19 @@ fn out_of_space_fails_clearly_and_leaves_the_repository_usable() {
     assert!(st.success());
     run(&["prune", "--grace", "0s"]).assert().success();
     run(&["prune", "--grace", "0s"]).assert().success();
+    // The failed backup's data is gone: the repository is as small as before it.
+    let used = std::process::Command::new("du")
+        .args(["-sk"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let kib: u64 = String::from_utf8_lossy(&used.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib < 2048, "prune left {kib} KiB");
     write(&small.join("b.txt"), b"still works");
     run(&["backup"]).arg(&small).assert().success();
     run(&["verify", "--read-data"]).assert().success();
