@@ -191,6 +191,9 @@ impl Storage {
             match self.hash(path, len) {
                 Ok(h) if h == *id => return Ok(()),
                 Ok(_) => {
+                    tracing::info!(
+                        "retrying {path} after a transient error: read-back does not match what was written"
+                    );
                     last = Some(Error::new(
                         ErrorKind::Storage,
                         format!("{path}: read-back does not match what was written"),
