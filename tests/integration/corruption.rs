@@ -15,8 +15,11 @@ fn flip(path: &std::path::Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
-/// Each pack's blobs (kind, offset, stored length), read with the library's own parser.
-fn pack_layout(env: &Env) -> Vec<(std::path::PathBuf, Vec<(bool, u64, u64)>)> {
+/// A blob in a pack: whether it is a tree, its offset and its stored length.
+type BlobAt = (bool, u64, u64);
+
+/// Each pack's blobs, read with the library's own parser.
+fn pack_layout(env: &Env) -> Vec<(std::path::PathBuf, Vec<BlobAt>)> {
     use backstop::repo::pack::{self, BlobKind};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let storage =
