@@ -195,18 +195,40 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
     // them all unless it sees the running backup's snapshot that uses them again.
     let marked = json(env.run(&["prune", "--json"]));
     assert!(marked["marked"].as_u64().unwrap() >= 4, "{marked}");
-    // A long backup of the same data (deduplicated against the marked packs) and a
-    // sweeping prune from two processes at once.
-    let backup = env.spawn(&["backup", "--full", src.to_str().unwrap()], &[]);
-    // Prune starts once the backup holds its lock (else the backup would find prune's).
-    wait_for_a_lock(&env);
-    let sweep = json(env.run(&["prune", "--json", "--grace", "0s", "--retry-lock", "5m"]));
-    let out = backup.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // A long backup of the same data (deduplicated against the marked packs) plus new data,
+    // and a sweeping prune from two processes at once.
+    for i in 0..6 {
+        write(&src.join(format!("g{i}")), &noise(400 + i, 8 << 20));
+    }
+    let mut backup = env.spawn(
+        &["backup", "--full", src.to_str().unwrap()],
+        &[("BACKSTOP_LOG", "backstop::phase=debug")],
     );
+    // Prune starts once the backup has uploaded its first new pack: it holds its lock, has
+    // deduplicated the old data against the marked packs, and has not committed yet.
+    let stderr = backup.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("phase after-pack-upload") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the backup uploads a pack");
+    let sweep = json(env.run(&["prune", "--json", "--grace", "0s", "--retry-lock", "5m"]));
+    let status = backup.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert!(status.success(), "{err}");
     // The prune waited for the backup to commit, so the marked packs were needed again.
     assert_eq!(sweep["deleted"], 0, "{sweep}");
     assert_eq!(sweep["unmarked"], marked["marked"], "{sweep}");
