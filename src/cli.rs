@@ -70,6 +70,10 @@ pub struct RepoArgs {
     /// Wait up to this long for another operation's lock (e.g. 10m) [default: 0s].
     #[arg(long, value_name = "DURATION")]
     pub retry_lock: Option<String>,
+    /// Take no lock (restore, ls, snapshots, dump and verify only), e.g. on read-only
+    /// storage; reading commands also go on unlocked when the storage refuses their lock.
+    #[arg(long)]
+    pub no_lock: bool,
     /// Read the password from the first line of this file.
     #[arg(long, env = "BACKSTOP_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,

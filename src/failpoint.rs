@@ -1,7 +1,7 @@
 //! Named crash points for crash-safety tests: `BACKSTOP_CRASH_AT=name[:n]` kills the process
 //! with SIGKILL at the n-th time (default first) execution reaches `hit(name)`.
 //!
-//! Unset (always, in production), a hit costs one relaxed atomic load.
+//! Unset (always, in production), a hit costs one relaxed atomic load and a disabled log event.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,8 +20,10 @@ fn target() -> &'static Option<(String, u64)> {
     })
 }
 
-/// Marks a crash point named `name`.
+/// Marks a crash point named `name`; logged as `phase NAME` at debug level under the
+/// target `backstop::phase` (tests record how far a killed process got).
 pub fn hit(name: &str) {
+    tracing::debug!(target: "backstop::phase", "phase {name}");
     if let Some((want, n)) = target()
         && want == name
         && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n

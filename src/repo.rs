@@ -257,6 +257,7 @@ impl Repo {
             if Id::hash(&bytes) == *id {
                 return self.crypto.open(&bytes).map_err(|e| e.context(path));
             }
+            tracing::info!("retrying {path} after a transient error: it does not match its hash");
         }
         Err(Error::corrupt(format!("{path} does not match its hash")))
     }

@@ -24,9 +24,23 @@ use crate::repo::Id;
 #[derive(Clone)]
 pub struct Storage {
     op: Operator,
+    /// The same operator without OpenDAL's retry layer, for writes: OpenDAL counts a
+    /// read-only file system or a full disk as temporary and would retry them for ~40 s;
+    /// writes are retried by [`Storage::retry`], which knows those are permanent.
+    raw: Operator,
     rt: Handle,
     location: String,
     faults: Option<Arc<Faults>>,
+    locking: Locking,
+}
+
+/// How an operation that only reads treats repository locks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Locking {
+    /// Reading operations take no lock at all (`--no-lock`); writing ones refuse to run.
+    pub no_lock: bool,
+    /// How long a lock is valid without refresh (see [`crate::repo::lock`]).
+    pub ttl: Option<std::time::Duration>,
 }
 
 /// One object found by a listing.
@@ -36,6 +50,8 @@ pub struct Listed {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+    /// Last modification time, as the storage reports it (if it does).
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Storage {
@@ -51,18 +67,36 @@ impl Storage {
         let root_s = root
             .to_str()
             .ok_or_else(|| Error::config("repository path must be UTF-8"))?;
-        let builder = opendal::services::Fs::default()
-            .root(root_s)
-            .atomic_write_dir(tmp.to_str().expect("UTF-8 root gives UTF-8 tmp"));
-        let op = Operator::new(builder)
-            .map_err(|e| Error::from(e).context(format!("opening repository {location}")))?
+        let mut builder = opendal::services::Fs::default().root(root_s);
+        // Writes go to `tmp/` and are renamed into place. A read-only repository without a
+        // `tmp/` cannot get one, and needs none: it is opened without (every write fails).
+        if tmp.is_dir() || std::fs::create_dir_all(&tmp).is_ok() {
+            builder = builder.atomic_write_dir(tmp.to_str().expect("UTF-8 root gives UTF-8 tmp"));
+        }
+        let raw = Operator::new(builder)
+            .map_err(|e| Error::from(e).context(format!("opening repository {location}")))?;
+        let op = raw
+            .clone()
             .layer(RetryLayer::new().with_max_times(4).with_jitter());
         Ok(Storage {
             op,
+            raw,
             rt,
             location: root_s.to_string(),
             faults: Faults::from_env()?.map(Arc::new),
+            locking: Locking::default(),
         })
+    }
+
+    /// The same storage with other lock settings.
+    pub fn with_locking(mut self, locking: Locking) -> Self {
+        self.locking = locking;
+        self
+    }
+
+    /// The lock settings.
+    pub fn locking(&self) -> Locking {
+        self.locking
     }
 
     /// Where the storage points, for messages.
@@ -84,7 +118,7 @@ impl Storage {
                 .rt
                 .block_on(self.op.read(path))
                 .map_err(|e| named(e, "reading", path))?;
-            let data = self.corrupt(buf.to_vec());
+            let data = self.corrupt(path, buf.to_vec());
             if data.len() as u64 != len {
                 return Err(
                     Error::new(ErrorKind::Storage, format!("short read of {path}")).temporary(),
@@ -103,7 +137,7 @@ impl Storage {
                 .rt
                 .block_on(async { self.op.read_with(path).range(range.clone()).await })
                 .map_err(|e| named(e, "reading", path))?;
-            let data = self.corrupt(buf.to_vec());
+            let data = self.corrupt(path, buf.to_vec());
             if data.len() as u64 != want {
                 return Err(
                     Error::new(ErrorKind::Corrupt, format!("{path} is truncated")).temporary(),
@@ -119,12 +153,27 @@ impl Storage {
 
     /// Writes a whole object (atomically: it appears complete or not at all). Transient
     /// failures are retried; rewriting is safe because objects are content-addressed.
+    /// A failed write removes its temporary object (OpenDAL's one-shot write leaves it
+    /// behind, e.g. on a full disk), so failures leave nothing for prune to find.
     pub fn write(&self, path: &str, bytes: impl Into<bytes::Bytes>) -> Result<()> {
         let bytes = bytes.into();
         self.retry(path, || {
             self.fault(path, Fault::WriteError)?;
             self.rt
-                .block_on(self.op.write(path, bytes.clone()))
+                .block_on(async {
+                    let mut w = self.raw.writer(path).await?;
+                    let res = match w.write(bytes.clone()).await {
+                        Ok(()) => w.close().await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    if res.is_err()
+                        && let Err(e) = w.abort().await
+                    {
+                        // Also when no temporary object was ever created.
+                        tracing::debug!("aborting the write of {path}: {e}");
+                    }
+                    res
+                })
                 .map_err(|e| named(e, "writing", path))?;
             self.fault(path, Fault::WriteTimeout)
         })
@@ -142,6 +191,9 @@ impl Storage {
             match self.hash(path, len) {
                 Ok(h) if h == *id => return Ok(()),
                 Ok(_) => {
+                    tracing::info!(
+                        "retrying {path} after a transient error: read-back does not match what was written"
+                    );
                     last = Some(Error::new(
                         ErrorKind::Storage,
                         format!("{path}: read-back does not match what was written"),
@@ -197,16 +249,20 @@ impl Storage {
                 Err(e) => Err(named(e, "listing", dir)),
             }
         })?;
-        let lag = |_: &opendal::Entry| {
+        let lag = |e: &opendal::Entry| {
             self.faults
                 .as_ref()
-                .is_some_and(|f| f.strikes(Fault::ListLag))
+                .is_some_and(|f| f.strikes(Fault::ListLag, e.path()))
         };
         Ok(entries
             .into_iter()
             .filter(|e| !e.metadata().is_dir() && !lag(e))
             .map(|e| Listed {
                 size: e.metadata().content_length(),
+                modified: e
+                    .metadata()
+                    .last_modified()
+                    .map(|t| std::time::SystemTime::from(t).into()),
                 path: e.path().to_string(),
             })
             .collect())
@@ -251,14 +307,14 @@ impl Storage {
 
     fn fault(&self, path: &str, fault: Fault) -> Result<()> {
         match &self.faults {
-            Some(f) if f.strikes(fault) => Err(Faults::error(fault, path)),
+            Some(f) if f.strikes(fault, path) => Err(Faults::error(fault, path)),
             _ => Ok(()),
         }
     }
 
-    fn corrupt(&self, data: Vec<u8>) -> Vec<u8> {
+    fn corrupt(&self, path: &str, data: Vec<u8>) -> Vec<u8> {
         match &self.faults {
-            Some(f) => f.corrupt_read(data),
+            Some(f) => f.corrupt_read(path, data),
             None => data,
         }
     }
@@ -266,7 +322,11 @@ impl Storage {
 
 fn named(e: opendal::Error, action: &str, path: &str) -> Error {
     let not_found = e.kind() == opendal::ErrorKind::NotFound;
-    let err = Error::from(e).context(format!("{action} {path}"));
+    let mut err = Error::from(e).context(format!("{action} {path}"));
+    if refuses_writes(&err) || has_os_error(&err, &[libc::ENOSPC, libc::EDQUOT]) {
+        // Retrying cannot help: the operator has to act.
+        err.set_temporary(false);
+    }
     if not_found {
         Error::corrupt(format!("{path} is missing")).with_source(err)
     } else {
@@ -276,4 +336,44 @@ fn named(e: opendal::Error, action: &str, path: &str) -> Error {
 
 fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| Error::io("resolving", p, e))
+}
+
+/// Whether an I/O error with one of `codes` is among `e`'s causes.
+fn has_os_error(e: &Error, codes: &[i32]) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|c| codes.contains(&c))
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Whether `e` says the storage refuses writes (read-only file system, permission denied):
+/// the one failure that lets a reading operation go on without a lock.
+pub fn refuses_writes(e: &Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && (io.raw_os_error() == Some(libc::EROFS)
+                || io.raw_os_error() == Some(libc::EACCES)
+                || io.raw_os_error() == Some(libc::EPERM)
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ))
+        {
+            return true;
+        }
+        if let Some(o) = c.downcast_ref::<opendal::Error>()
+            && o.kind() == opendal::ErrorKind::PermissionDenied
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }

@@ -8,6 +8,7 @@ mod integration {
     mod crash;
     mod faults;
     mod hostile;
+    mod locking;
     mod memory;
     mod output;
     mod prune;

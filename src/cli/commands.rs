@@ -17,7 +17,7 @@ use crate::progress::{NoProgress, Progress};
 use crate::repo::prune::{PruneOptions, PruneReport};
 use crate::repo::{InitOptions, NodeKind, Repo};
 use crate::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
-use crate::storage::Storage;
+use crate::storage::{Locking, Storage};
 use crate::verify::ReadData;
 use crate::{jobs, policy};
 
@@ -40,7 +40,20 @@ impl Ctx<'_> {
     }
 
     fn storage(&self, location: &str) -> Result<Storage> {
-        Storage::open(location, self.rt.clone())
+        // BACKSTOP_LOCK_TTL is read here, not in the library; a bad value is a config error.
+        let ttl = match std::env::var("BACKSTOP_LOCK_TTL") {
+            Ok(v) => Some(
+                crate::repo::lock::parse_lock_ttl(&v)
+                    .map_err(|e| e.context("BACKSTOP_LOCK_TTL"))?,
+            ),
+            Err(_) => None,
+        };
+        Ok(
+            Storage::open(location, self.rt.clone())?.with_locking(Locking {
+                no_lock: false,
+                ttl,
+            }),
+        )
     }
 
     fn repo_location(args: &RepoArgs) -> Result<&str> {
@@ -51,7 +64,13 @@ impl Ctx<'_> {
 
     fn open_repo(&self, args: &RepoArgs) -> Result<Repo> {
         let storage = self.storage(Self::repo_location(args)?)?;
-        Repo::open(storage, || password_source(args).read())
+        let locking = Locking {
+            no_lock: args.no_lock,
+            ..storage.locking()
+        };
+        Repo::open(storage.with_locking(locking), || {
+            password_source(args).read()
+        })
     }
 
     fn progress(&self) -> Box<dyn Progress> {
@@ -381,18 +400,21 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             if json_out {
                 json(&removed);
             } else {
-                for l in &removed {
+                for l in &removed.stale {
                     outln!(
-                        "removed stale lock of {} (pid {} on {}, expired {})",
+                        "removed stale lock of {} (pid {} on {}): {}",
                         l.info.operation,
                         l.info.pid,
                         l.info.host,
-                        l.info.expires
+                        l.reason.as_deref().unwrap_or("stale")
                     );
+                }
+                for g in &removed.garbage {
+                    outln!("removed {g}: not a readable lock");
                 }
                 outln!(
                     "{} stale lock(s) removed; live locks are never removed",
-                    removed.len()
+                    removed.stale.len() + removed.garbage.len()
                 );
             }
             Ok(())

@@ -23,17 +23,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Id;
-use crate::storage::Storage;
+use crate::storage::{Listed, Storage};
 
-/// How long a lock is valid without refresh: 30 minutes, or `BACKSTOP_LOCK_TTL` seconds
-/// (tests use seconds; very slow storage may want more). A holder refreshes every sixth of
-/// it and gives the lock up a sixth before it would expire.
-pub fn lock_ttl() -> Duration {
-    std::env::var("BACKSTOP_LOCK_TTL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&s: &u64| s >= 6)
-        .map_or(Duration::from_secs(30 * 60), Duration::from_secs)
+/// How long a lock is valid without refresh by default: 30 minutes.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(30 * 60);
+
+/// The shortest lock TTL accepted: the holder refreshes every sixth of it, five times a
+/// second at most.
+pub const MIN_LOCK_TTL: Duration = Duration::from_secs(6);
+
+/// How long a lock on `storage` is valid without refresh: [`DEFAULT_LOCK_TTL`], or what
+/// the storage's [`Locking`](crate::storage::Locking) says (the CLI takes it from
+/// `BACKSTOP_LOCK_TTL`; tests use seconds, very slow storage may want more). A holder
+/// refreshes every sixth of it and gives the lock up a sixth before it would expire.
+pub fn lock_ttl(storage: &Storage) -> Duration {
+    storage.locking().ttl.unwrap_or(DEFAULT_LOCK_TTL)
+}
+
+/// Parses a lock TTL: whole seconds (`90`) or a duration (`90s`, `10m`), at least
+/// [`MIN_LOCK_TTL`]. Anything else is a configuration error, never silently the default.
+pub fn parse_lock_ttl(s: &str) -> Result<Duration> {
+    let secs = match s.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => crate::policy::retention::parse_duration(s)
+            .map_err(|_| {
+                Error::config(format!(
+                    "lock TTL '{s}' is not a duration (seconds, or e.g. 90s, 10m)"
+                ))
+            })?
+            .num_seconds()
+            .max(0) as u64,
+    };
+    let ttl = Duration::from_secs(secs);
+    if ttl < MIN_LOCK_TTL {
+        return Err(Error::config(format!(
+            "lock TTL '{s}' is shorter than the minimum of {} s",
+            MIN_LOCK_TTL.as_secs()
+        )));
+    }
+    Ok(ttl)
 }
 
 /// A lock object's content.
@@ -56,13 +84,33 @@ pub struct LockInfo {
 impl LockInfo {
     /// Whether the lock no longer counts: expired, or its process is dead on this host.
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        if self.expires < now {
-            return true;
-        }
-        self.host == crate::repo::hostname()
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None)
-                == Err(nix::errno::Errno::ESRCH)
+        self.stale_reason(now).is_some()
     }
+
+    /// Why the lock no longer counts, if it does not.
+    pub fn stale_reason(&self, now: DateTime<Utc>) -> Option<String> {
+        if self.host == crate::repo::hostname() && !process_alive(self.pid) {
+            return Some(format!("process {} is gone", self.pid));
+        }
+        if self.expires < now {
+            return Some(format!(
+                "expired at {}",
+                self.expires
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        None
+    }
+}
+
+/// Whether process `pid` exists on this host (a pid that is not a valid one does not).
+fn process_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    raw > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None)
+            != Err(nix::errno::Errno::ESRCH)
 }
 
 /// A lock found in the repository.
@@ -74,38 +122,71 @@ pub struct FoundLock {
     pub info: LockInfo,
     /// Whether it is stale now.
     pub stale: bool,
+    /// Why it is stale (process gone, expired at T), if it is.
+    pub reason: Option<String>,
 }
 
 /// Every readable lock in the repository.
 pub fn list(storage: &Storage, now: DateTime<Utc>) -> Result<Vec<FoundLock>> {
-    let mut out = Vec::new();
-    for l in storage.list("locks/")? {
-        // A lock that vanished or cannot be parsed is not a live lock we could honour.
-        if let Some(info) = storage
-            .read(&l.path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
-        {
-            out.push(FoundLock {
-                stale: info.is_stale(now),
-                path: l.path,
-                info,
-            });
-        }
-    }
-    Ok(out)
+    Ok(scan(storage, now)?.0)
 }
 
-/// Removes stale locks; returns them. Live locks are never touched.
-pub fn remove_stale(storage: &Storage) -> Result<Vec<FoundLock>> {
-    let stale: Vec<_> = list(storage, Utc::now())?
-        .into_iter()
-        .filter(|l| l.stale)
-        .collect();
-    for l in &stale {
-        storage.delete(&l.path)?;
+/// Readable locks, and lock objects that cannot be read as locks (with when they were
+/// last modified, if the storage says).
+fn scan(storage: &Storage, now: DateTime<Utc>) -> Result<(Vec<FoundLock>, Vec<Listed>)> {
+    let mut out = Vec::new();
+    let mut garbage = Vec::new();
+    for l in storage.list("locks/")? {
+        // A lock that vanished or cannot be parsed is not a live lock we could honour.
+        match storage
+            .read(&l.path)
+            .ok()
+            .map(|b| serde_json::from_slice::<LockInfo>(&b))
+        {
+            Some(Ok(info)) => {
+                let reason = info.stale_reason(now);
+                out.push(FoundLock {
+                    stale: reason.is_some(),
+                    reason,
+                    path: l.path,
+                    info,
+                });
+            }
+            Some(Err(_)) => garbage.push(l),
+            None => {}
+        }
     }
-    Ok(stale)
+    Ok((out, garbage))
+}
+
+/// What `unlock` removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Unlocked {
+    /// Stale locks removed.
+    pub stale: Vec<FoundLock>,
+    /// Lock objects that were not locks at all (empty, unparseable) and older than a lock
+    /// TTL, removed.
+    pub garbage: Vec<String>,
+}
+
+/// Removes stale locks, and lock objects that cannot be parsed and are older than the lock
+/// TTL (a lock being written is never older). Live locks are never touched.
+pub fn remove_stale(storage: &Storage) -> Result<Unlocked> {
+    let now = Utc::now();
+    let (locks, garbage) = scan(storage, now)?;
+    let mut done = Unlocked::default();
+    for l in locks.into_iter().filter(|l| l.stale) {
+        storage.delete(&l.path)?;
+        done.stale.push(l);
+    }
+    let ttl = chrono::Duration::from_std(lock_ttl(storage)).unwrap_or(chrono::Duration::MAX);
+    for g in garbage {
+        if g.modified.is_some_and(|m| m + ttl < now) {
+            storage.delete(&g.path)?;
+            done.garbage.push(g.path);
+        }
+    }
+    Ok(done)
 }
 
 /// Shared state between a guard and its refresher.
@@ -157,24 +238,33 @@ impl Held {
     }
 }
 
-/// A held lock; dropping it stops the refresher and removes the lock object.
+/// A held lock; dropping it stops the refresher and removes the lock object. A reading
+/// operation on storage that refuses writes (or with `--no-lock`) holds no lock at all.
 pub struct LockGuard {
-    held: Arc<Held>,
+    held: Option<Arc<Held>>,
     refresher: Option<std::thread::JoinHandle<()>>,
     /// Removes the lock object if a signal stops the process (see `crate::interrupt`).
-    _on_signal: crate::interrupt::OnExit,
+    _on_signal: Option<crate::interrupt::OnExit>,
 }
 
 impl LockGuard {
+    /// Whether a lock object is actually held.
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Fails if the lock may have expired (not refreshed in time): the operation must stop
     /// before committing anything.
     pub fn check(&self) -> Result<()> {
-        if self.held.is_lost() {
+        let Some(held) = &self.held else {
+            return Ok(());
+        };
+        if held.is_lost() {
             return Err(Error::new(
                 ErrorKind::Locked,
                 format!(
                     "lost the repository lock (not refreshed for over {} s); stopping without committing",
-                    (self.held.ttl - self.held.ttl / 6).as_secs()
+                    (held.ttl - held.ttl / 6).as_secs()
                 ),
             ));
         }
@@ -182,36 +272,54 @@ impl LockGuard {
     }
 }
 
-/// Takes a lock for `operation`, waiting up to `retry` (with backoff) for conflicting
-/// locks to go away; fails with `Locked` naming the holder otherwise.
+/// Operations that only read the repository: they may run without a lock where the
+/// storage refuses writes, or with `--no-lock`. Everything else (backup included) needs one.
+const READING: [&str; 5] = ["restore", "verify", "ls", "snapshots", "dump"];
+
+/// Takes a lock for `operation`, waiting up to `retry` (with backoff, the last attempt at
+/// the deadline) for conflicting locks to go away; fails with `Locked` naming the holder
+/// otherwise.
+///
+/// A reading operation (see [`READING`]) takes no lock with `--no-lock`
+/// ([`Locking::no_lock`](crate::storage::Locking)), and goes on unlocked, with one
+/// warning, when the storage refuses to store its lock (read-only file system, permission
+/// denied): nobody can prune storage that cannot be written.
 pub fn acquire(
     storage: &Storage,
     exclusive: bool,
     operation: &str,
     retry: Duration,
 ) -> Result<LockGuard> {
+    let reading = !exclusive && READING.contains(&operation);
+    if storage.locking().no_lock {
+        if !reading {
+            return Err(Error::config(format!(
+                "{operation} changes the repository and needs a lock: --no-lock is only for restore, ls, snapshots, dump and verify"
+            )));
+        }
+        return Ok(LockGuard {
+            held: None,
+            refresher: None,
+            _on_signal: None,
+        });
+    }
     let deadline = Instant::now() + retry;
     let mut wait = Duration::from_millis(500);
     loop {
         match conflict(storage, exclusive)? {
             None => break,
-            Some(holder) if Instant::now() + wait > deadline => {
-                return Err(Error::new(
-                    ErrorKind::Locked,
-                    format!(
-                        "repository is locked by {} (pid {} on {}, since {}); retry later or use --retry-lock",
-                        holder.operation, holder.pid, holder.host, holder.created
-                    ),
-                ));
-            }
-            Some(_) => {
-                std::thread::sleep(wait);
+            Some(holder) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(locked_by(&holder));
+                }
+                std::thread::sleep(wait.min(deadline - now));
                 wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
     let now = Utc::now();
-    let ttl = lock_ttl();
+    let ttl = lock_ttl(storage);
     let held = Arc::new(Held {
         storage: storage.clone(),
         path: format!("locks/{}", Id::random()),
@@ -236,7 +344,25 @@ pub fn acquire(
             let _ = held.storage.delete(&held.path);
         })
     };
-    held.write()?;
+    if let Err(e) = held.write() {
+        if reading && crate::storage::refuses_writes(&e) {
+            tracing::warn!(
+                "the repository cannot be written ({}): {operation} goes on without a lock",
+                root_cause(&e)
+            );
+            return Ok(LockGuard {
+                held: None,
+                refresher: None,
+                _on_signal: None,
+            });
+        }
+        // A lock whose write was undone (by a prune clearing temporary objects) under a
+        // conflicting lock is a lock conflict, not a storage failure.
+        if let Ok(Some(holder)) = conflict(storage, exclusive) {
+            return Err(locked_by(&holder));
+        }
+        return Err(e.context("writing the repository lock"));
+    }
     // Two processes may have written their locks at the same time: the exclusive side backs off.
     if let Some(holder) = conflict_except(storage, exclusive, &held.path)? {
         let _ = storage.delete(&held.path);
@@ -265,10 +391,29 @@ pub fn acquire(
             .map_err(|e| Error::new(ErrorKind::Io, "starting lock refresher").with_source(e))?
     };
     Ok(LockGuard {
-        held,
+        held: Some(held),
         refresher: Some(refresher),
-        _on_signal: on_signal,
+        _on_signal: Some(on_signal),
     })
+}
+
+/// The innermost cause of `e`, e.g. "Read-only file system (os error 30)".
+fn root_cause(e: &Error) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn locked_by(holder: &LockInfo) -> Error {
+    Error::new(
+        ErrorKind::Locked,
+        format!(
+            "repository is locked by {} (pid {} on {}, since {}); retry later or use --retry-lock",
+            holder.operation, holder.pid, holder.host, holder.created
+        ),
+    )
 }
 
 fn conflict(storage: &Storage, exclusive: bool) -> Result<Option<LockInfo>> {
@@ -293,12 +438,15 @@ fn conflict_except(storage: &Storage, exclusive: bool, own: &str) -> Result<Opti
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.held.stop.store(true, Ordering::Relaxed);
+        let Some(held) = &self.held else {
+            return;
+        };
+        held.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        if let Err(e) = self.held.storage.delete(&self.held.path) {
-            tracing::warn!("could not remove lock {}: {e}", self.held.path);
+        if let Err(e) = held.storage.delete(&held.path) {
+            tracing::warn!("could not remove lock {}: {e}", held.path);
         }
     }
 }

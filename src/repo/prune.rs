@@ -9,6 +9,9 @@
 //!    unmarked pack; otherwise its mark is removed. Deletion order: a new index without
 //!    the deleted packs, then the old index files, then the packs, then the marks.
 //!
+//! Temporary objects (`tmp/`, left by writers that died mid-write) are removed by every
+//! prune at once: under the exclusive lock, no live writer can own one.
+//!
 //! Why it is safe: prune holds the exclusive lock, so no backup runs meanwhile; a backup
 //! that started before a mark and commits later references blobs that the sweep sees as
 //! used, so their packs are kept; a backup frozen past its lock's expiry refuses to commit
@@ -73,8 +76,10 @@ pub struct PruneReport {
     pub waiting: usize,
     /// Bytes they hold.
     pub waiting_bytes: u64,
-    /// Leftover temporary files removed.
+    /// Leftover temporary objects of dead writers removed.
     pub tmp_removed: usize,
+    /// Bytes they held.
+    pub tmp_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -230,16 +235,16 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
         }
     }
 
-    // Temporary files of interrupted writes.
+    // Temporary objects of interrupted writes. Every writer holds a lock and this prune
+    // holds the exclusive one, so no live writer owns a temporary object now: whatever is
+    // there belongs to a dead process (or to one that lost its lock and will not commit),
+    // and goes at once, whatever its age. A process just taking its lock may have its
+    // lock's temporary object removed: it then finds this prune's lock and backs off.
     for l in st.list("tmp/")? {
-        if let Ok(m) = std::fs::metadata(std::path::Path::new(st.location()).join(&l.path))
-            && let Ok(modified) = m.modified()
-            && chrono::DateTime::<Utc>::from(modified) + opts.grace <= now
-        {
-            report.tmp_removed += 1;
-            if !opts.dry_run {
-                st.delete(&l.path)?;
-            }
+        report.tmp_removed += 1;
+        report.tmp_bytes += l.size;
+        if !opts.dry_run {
+            st.delete(&l.path)?;
         }
     }
 

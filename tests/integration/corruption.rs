@@ -15,6 +15,69 @@ fn flip(path: &std::path::Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
+/// A blob in a pack: whether it is a tree, its offset and its stored length.
+type BlobAt = (bool, u64, u64);
+
+/// Each pack's blobs, read with the library's own parser.
+fn pack_layout(env: &Env) -> Vec<(std::path::PathBuf, Vec<BlobAt>)> {
+    use backstop::repo::pack::{self, BlobKind};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let storage =
+        backstop::Storage::open(env.repo().to_str().unwrap(), rt.handle().clone()).unwrap();
+    let repo = backstop::Repo::open(storage, || Ok(PASSWORD.as_bytes().to_vec())).unwrap();
+    env.packs()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let blobs = pack::parse(&bytes, repo.crypto())
+                .unwrap()
+                .into_iter()
+                .map(|b| {
+                    (
+                        b.entry.kind == BlobKind::Tree,
+                        u64::from(b.offset),
+                        u64::from(b.entry.stored_len),
+                    )
+                })
+                .collect();
+            (p, blobs)
+        })
+        .collect()
+}
+
+/// Restores with one corrupt blob; returns the exit code, and checks the "fails only the
+/// affected files" contract when it is 3.
+fn restore_with_damage(env: &Env, src: &std::path::Path, out_dir: &std::path::Path) -> i32 {
+    let res = env
+        .run(&["restore", "latest", "--target"])
+        .arg(out_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    let code = res.status.code().unwrap_or(-1);
+    if code == 3 {
+        assert!(stderr.contains("FAILED"), "{stderr}");
+        // Every file either restored identical or is absent and named; at least one failed.
+        let mut failed = 0;
+        for f in listing(src).iter().filter(|e| e.kind == "file") {
+            let rel = std::str::from_utf8(&f.path).unwrap();
+            let restored = out_dir.join(rel);
+            if restored.exists() {
+                assert_eq!(
+                    std::fs::read(&restored).unwrap(),
+                    std::fs::read(src.join(rel)).unwrap(),
+                    "{rel}"
+                );
+            } else {
+                failed += 1;
+                assert!(stderr.contains(rel), "missing {rel} not named: {stderr}");
+            }
+        }
+        assert!(failed >= 1, "a damaged file was restored: {stderr}");
+    }
+    code
+}
+
 #[test]
 fn flipped_byte_in_any_pack_is_found_and_fails_only_affected_files() {
     let env = Env::new();
@@ -30,54 +93,48 @@ fn flipped_byte_in_any_pack_is_found_and_fails_only_affected_files() {
     }
     env.init();
     let snap = env.backup(&src, &[]);
-    let all = env.packs();
-    assert!(all.len() >= 2, "expected several packs, got {}", all.len());
+    let layout = pack_layout(&env);
+    assert!(
+        layout.len() >= 2,
+        "expected several packs, got {}",
+        layout.len()
+    );
+    assert!(
+        layout.iter().any(|(_, b)| b.iter().all(|(tree, ..)| !tree)),
+        "no pack holds only file data: {layout:?}"
+    );
     env.run(&["verify", "--read-data"]).assert().success();
 
-    for pack in &all {
-        let len = std::fs::metadata(pack).unwrap().len();
-        // Flip a byte in the data area (the middle) of this pack.
-        flip(pack, len / 3);
-        let out = env.run(&["verify", "--read-data"]).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(13),
-            "verify must fail for {pack:?}: {stdout}"
-        );
-        assert!(stdout.contains(&snap[..8]), "names the snapshot: {stdout}");
+    let mut round = 0;
+    for (pack, blobs) in &layout {
         let name = pack.file_name().unwrap().to_str().unwrap();
-        assert!(stdout.contains(name), "names the pack: {stdout}");
-
-        // Restore: affected files fail loudly, the rest restores intact.
-        let out_dir = env.path(&format!("out-{}", &name[..8]));
-        let res = env
-            .run(&["restore", "latest", "--target"])
-            .arg(&out_dir)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&res.stderr);
-        if res.status.code() == Some(3) {
-            assert!(stderr.contains("FAILED"), "{stderr}");
-            // Every file either restored identical or is absent and named.
-            for f in listing(&src).iter().filter(|e| e.kind == "file") {
-                let rel = std::str::from_utf8(&f.path).unwrap();
-                let restored = out_dir.join(rel);
-                if restored.exists() {
-                    assert_eq!(
-                        std::fs::read(&restored).unwrap(),
-                        std::fs::read(src.join(rel)).unwrap(),
-                        "{rel}"
-                    );
-                } else {
-                    assert!(stderr.contains(rel), "missing {rel} not named: {stderr}");
-                }
+        // One byte in the middle of a data blob, and (where the pack has one) of a tree blob.
+        let data = blobs.iter().find(|(tree, ..)| !tree);
+        let tree = blobs.iter().find(|(tree, ..)| *tree);
+        for (is_tree, off, len) in data.into_iter().chain(tree) {
+            round += 1;
+            let at = off + len / 2;
+            flip(pack, at);
+            let out = env.run(&["verify", "--read-data"]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(13),
+                "verify must fail for {pack:?}: {stdout}"
+            );
+            assert!(stdout.contains(&snap[..8]), "names the snapshot: {stdout}");
+            assert!(stdout.contains(name), "names the pack: {stdout}");
+            let code = restore_with_damage(&env, &src, &env.path(&format!("out-{round}")));
+            if *is_tree {
+                // A damaged tree: the restore cannot list that part of the snapshot and
+                // says so (13), or skips it and names it (3).
+                assert!(code == 13 || code == 3, "tree blob in {name}: exit {code}");
+            } else {
+                // A damaged data blob fails only the files that use it.
+                assert_eq!(code, 3, "data blob in {name}: exit {code}");
             }
-        } else {
-            // The flipped byte hit a tree: the restore cannot list the snapshot and says so.
-            assert_eq!(res.status.code(), Some(13), "{stderr}");
+            flip(pack, at); // repair for the next round
         }
-        flip(pack, len / 3); // repair for the next round
     }
     env.run(&["verify", "--read-data"]).assert().success();
 }

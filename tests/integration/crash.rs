@@ -78,20 +78,71 @@ fn sigkill_at_named_points_leaves_repository_consistent() {
     assert_same_tree(&src, &out);
 }
 
+/// Phases at which a backup is uploading: a kill there interrupts real work.
+const UPLOADING: [&str; 3] = ["after-lock", "after-object-write", "after-pack-upload"];
+
 #[test]
 fn sigkill_at_random_times_leaves_repository_consistent() {
+    use std::io::BufRead;
     let env = Env::new();
     env.init();
-    for (i, delay_ms) in [50u64, 150, 300, 600].into_iter().enumerate() {
-        let src = tree(&env, 100 + i as u64);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut mid_upload, mut attempts) = (0, 0);
+    while mid_upload < 4 {
+        attempts += 1;
+        assert!(
+            attempts <= 12,
+            "only {mid_upload} of {attempts} kills landed mid-upload (seed {seed})"
+        );
+        let src = tree(&env, 100 + attempts);
         let before = env.snapshots().len();
-        let mut child = env.spawn(&["backup", src.to_str().unwrap()], &[]);
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let mut child = env.spawn(
+            &["backup", src.to_str().unwrap()],
+            &[("BACKSTOP_LOG", "backstop::phase=debug")],
+        );
+        // Follow the phases the backup reports; kill it a random time after it took its
+        // lock, within the time an upload of this tree takes.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some((_, p)) = line.split_once("phase ") {
+                    let _ = tx.send(p.trim().to_string());
+                }
+            }
+        });
+        let mut phases = Vec::new();
+        loop {
+            let p = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the backup reports its phases");
+            phases.push(p.clone());
+            if p == "after-lock" {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.u64(0..1500)));
         let _ = child.kill(); // SIGKILL
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        phases.extend(rx.try_iter());
+        let last = phases.last().cloned().unwrap_or_default();
+        if status.code().is_none() && UPLOADING.contains(&last.as_str()) {
+            mid_upload += 1;
+        }
+        eprintln!("kill {attempts}: last phase {last}, {status}");
         // Killed before its manifest (nothing visible) or after it (a complete snapshot).
         let after = env.snapshots().len();
-        assert!(after == before || after == before + 1);
+        if phases.iter().any(|p| p == "after-manifest") {
+            assert_eq!(after, before + 1, "{phases:?}");
+        } else {
+            assert_eq!(after, before, "no partial snapshot: {phases:?}");
+        }
         env.run(&["verify", "--read-data"]).assert().success();
         env.backup(&src, &[]);
     }

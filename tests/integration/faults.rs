@@ -32,6 +32,19 @@ fn assert_clean_failure(out: &std::process::Output, what: &str) {
     assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
+/// Counts, in a run's log, the faults injected of `kind` and the transient errors retried.
+fn fault_counts(stderr: &str, kind: &str) -> (usize, usize) {
+    let injected = stderr
+        .lines()
+        .filter(|l| l.contains(&format!("fault injected: {kind} on ")))
+        .count();
+    let retried = stderr
+        .lines()
+        .filter(|l| l.contains("retrying ") && l.contains("after a transient error"))
+        .count();
+    (injected, retried)
+}
+
 #[test]
 fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
     let kinds = [
@@ -46,15 +59,25 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
         let env = Env::new();
         env.init();
         let src = tree(&env, n as u64 + 1);
-        let faults = format!("{kind}=0.25,seed={n}");
+        // Writes are few (packs, index, manifest, locks): strike them more often.
+        let p = if kind.starts_with("write") { 0.5 } else { 0.25 };
+        let faults = format!("{kind}={p},seed={n}");
+        let (mut injected, mut retried) = (0, 0);
+        let mut count = |out: &std::process::Output| {
+            let (i, r) = fault_counts(&String::from_utf8_lossy(&out.stderr), kind);
+            injected += i;
+            retried += r;
+        };
         // Backup under faults: either it committed a complete snapshot, or it failed clearly
         // and committed nothing.
         let out = env
             .run(&["backup"])
             .arg(&src)
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         let committed = env.snapshots().len();
         if out.status.success() {
             assert_eq!(committed, 1, "{kind}");
@@ -69,8 +92,10 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
         let out = env
             .run(&["verify", "--read-data"])
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         if !out.status.success() {
             assert_clean_failure(&out, kind);
         }
@@ -79,8 +104,10 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
             .run(&["restore", "latest", "--target"])
             .arg(&dest)
             .env("BACKSTOP_FAULTS", &faults)
+            .env("BACKSTOP_LOG", "backstop=info")
             .output()
             .unwrap();
+        count(&out);
         if out.status.success() {
             assert_same_tree(&src, &dest);
         } else {
@@ -100,7 +127,43 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
                 );
             }
         }
+        // The faults really fired, and the transient ones were retried.
+        assert!(injected >= 1, "{kind}: no fault injected");
+        if !matches!(*kind, "list-lag") {
+            assert!(retried >= 1, "{kind}: {injected} faults, none retried");
+        }
+        eprintln!("{kind}: {injected} injected, {retried} retried");
     }
+}
+
+#[test]
+fn a_fault_seed_replays_the_same_faults() {
+    // The same restore (parallel fetches) of the same repository twice, with the same seed:
+    // the same faults on the same objects, whatever order the threads ran in.
+    let env = Env::new();
+    env.init();
+    let src = tree(&env, 9);
+    env.backup(&src, &[]);
+    let faults = "read-error=0.3,read-truncate=0.2,read-bitflip=0.2,seed=11";
+    let run = |dir: &str| {
+        let out = env
+            .run(&["restore", "latest", "--target"])
+            .arg(env.path(dir))
+            .env("BACKSTOP_FAULTS", faults)
+            .env("BACKSTOP_LOG", "backstop=info")
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter_map(|l| l.split_once("fault injected: ").map(|(_, f)| f.to_string()))
+            .filter(|f| !f.contains(" on locks/"))
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (run("out1"), run("out2"));
+    assert!(a.len() >= 3, "too few faults to compare: {a:?}");
+    assert_eq!(a, b, "the same seed injected different faults");
 }
 
 /// A small tmpfs, unmounted when dropped.
@@ -153,6 +216,12 @@ fn out_of_space_fails_clearly_and_leaves_the_repository_usable() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The failed writes removed their temporary objects: nothing is left behind.
+    let tmp: Vec<_> = std::fs::read_dir(repo.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(tmp.is_empty(), "temporary objects left behind: {tmp:?}");
     let out = run(&["snapshots", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "no partial snapshot");
@@ -173,6 +242,19 @@ fn out_of_space_fails_clearly_and_leaves_the_repository_usable() {
     assert!(st.success());
     run(&["prune", "--grace", "0s"]).assert().success();
     run(&["prune", "--grace", "0s"]).assert().success();
+    // The failed backup's data is gone: the repository is as small as before it.
+    let used = std::process::Command::new("du")
+        .args(["-sk"])
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let kib: u64 = String::from_utf8_lossy(&used.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib < 2048, "prune left {kib} KiB");
     write(&small.join("b.txt"), b"still works");
     run(&["backup"]).arg(&small).assert().success();
     run(&["verify", "--read-data"]).assert().success();

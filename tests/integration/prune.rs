@@ -191,19 +191,121 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
     }
     env.backup(&src, &[]);
     env.run(&["forget", "--keep-last", "0"]).assert().success();
-    // A long backup and a prune from two processes at once.
-    let backup = env.spawn(&["backup", "--full", src.to_str().unwrap()], &[]);
-    // Prune starts once the backup holds its lock (else the backup would find prune's).
-    wait_for_a_lock(&env);
-    env.run(&["prune", "--grace", "0s", "--retry-lock", "5m"])
-        .assert()
-        .success();
-    let status = backup.wait_with_output().unwrap().status;
-    assert!(status.success());
+    // Mark first: every pack now waits for deletion, and a sweeping prune would delete
+    // them all unless it sees the running backup's snapshot that uses them again.
+    let marked = json(env.run(&["prune", "--json"]));
+    assert!(marked["marked"].as_u64().unwrap() >= 4, "{marked}");
+    // A long backup of the same data (deduplicated against the marked packs) plus new data,
+    // and a sweeping prune from two processes at once.
+    for i in 0..6 {
+        write(&src.join(format!("g{i}")), &noise(400 + i, 8 << 20));
+    }
+    let mut backup = env.spawn(
+        &["backup", "--full", src.to_str().unwrap()],
+        &[("BACKSTOP_LOG", "backstop::phase=debug")],
+    );
+    // Prune starts once the backup has uploaded its first new pack: it holds its lock, has
+    // deduplicated the old data against the marked packs, and has not committed yet.
+    let stderr = backup.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("phase after-pack-upload") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the backup uploads a pack");
+    let sweep = json(env.run(&["prune", "--json", "--grace", "0s", "--retry-lock", "5m"]));
+    let status = backup.wait().unwrap();
+    let err = reader.join().unwrap();
+    assert!(status.success(), "{err}");
+    // The prune waited for the backup to commit, so the marked packs were needed again.
+    assert_eq!(sweep["deleted"], 0, "{sweep}");
+    assert_eq!(sweep["unmarked"], marked["marked"], "{sweep}");
     env.run(&["prune", "--grace", "0s"]).assert().success();
     env.run(&["verify", "--read-data"]).assert().success();
     let out = env.restore("latest", "out");
     assert_same_tree(&src, &out);
+}
+
+#[test]
+fn a_second_prune_inside_the_grace_period_deletes_nothing_and_reports_what_waits() {
+    let env = Env::new();
+    let ids = five_snapshots(&env);
+    env.run(&["forget", "--keep-last", "1"]).assert().success();
+    let first = json(env.run(&["prune", "--json"]));
+    assert!(first["marked"].as_u64().unwrap() >= 1, "{first}");
+    let before = repo_bytes(&env);
+    let packs = env.packs();
+    // Default grace (24 h), and an explicit one still running.
+    let (mut waiting, mut waiting_bytes) = (
+        first["marked"].as_u64().unwrap(),
+        first["marked_bytes"].as_u64().unwrap(),
+    );
+    for grace in [None, Some("1h")] {
+        let mut args = vec!["prune", "--json"];
+        if let Some(g) = grace {
+            args.extend(["--grace", g]);
+        }
+        let second = json(env.run(&args));
+        assert_eq!(second["deleted"], 0, "{grace:?}: {second}");
+        assert_eq!(second["freed_bytes"], 0, "{grace:?}: {second}");
+        assert_eq!(second["waiting"], waiting, "{grace:?}: {second}");
+        assert_eq!(
+            second["waiting_bytes"], waiting_bytes,
+            "{grace:?}: {second}"
+        );
+        waiting += second["marked"].as_u64().unwrap();
+        waiting_bytes += second["marked_bytes"].as_u64().unwrap();
+        let now = env.packs();
+        assert!(
+            packs.iter().all(|p| now.contains(p)),
+            "{grace:?}: a pack was deleted"
+        );
+        assert!(repo_bytes(&env) >= before);
+    }
+    let out = env.run(&["prune"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains(&format!("{waiting} marked pack(s) ("))
+            && text.contains("wait out their grace period"),
+        "{text}"
+    );
+    env.run(&["verify", "--read-data"]).assert().success();
+    assert_newest_restores(&env, &ids[4]);
+}
+
+#[test]
+fn prune_removes_temporary_objects_of_dead_writers_at_once() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a"), b"a");
+    env.backup(&src, &[]);
+    // What a writer killed mid-write leaves: a fresh temporary object.
+    let tmp = env.repo().join("tmp");
+    let leftover = tmp.join(format!("{}.d41d8cd98f00b204", "a".repeat(64)));
+    std::fs::write(&leftover, noise(5, 100_000)).unwrap();
+    let dry = json(env.run(&["prune", "--json", "--dry-run"]));
+    assert_eq!(dry["tmp_removed"], 1, "{dry}");
+    assert!(leftover.exists(), "a dry run removes nothing");
+    // Default grace period: removed anyway, since no live writer can own it.
+    let rep = json(env.run(&["prune", "--json"]));
+    assert_eq!(rep["tmp_removed"], 1, "{rep}");
+    assert_eq!(rep["tmp_bytes"], 100_000, "{rep}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    env.backup(&src, &[]);
 }
 
 #[test]
@@ -245,9 +347,10 @@ fn unlock_removes_only_stale_locks() {
         lock(std::process::id(), "2020-01-01T00:00:00Z"),
     )
     .unwrap();
+    // A dead process: a real child, spawned and reaped (no pid is assumed unused).
     std::fs::write(
         locks.join("b".repeat(64)),
-        lock(4_000_000, "2999-01-01T00:00:00Z"),
+        lock(super::locking::dead_pid(), "2999-01-01T00:00:00Z"),
     )
     .unwrap();
     env.run(&["backup"]).arg(&src).assert().success();
@@ -284,12 +387,11 @@ fn a_backup_frozen_past_its_lock_expiry_never_commits_pruned_data() {
     let mut err = String::new();
     std::io::Read::read_to_string(backup.stderr.as_mut().unwrap(), &mut err).unwrap();
     let status = backup.wait().unwrap();
-    if !status.success() {
-        // The resumed backup noticed it lost its lock and committed nothing.
-        assert_eq!(status.code(), Some(11), "{err}");
-        assert!(err.contains("lost the repository lock"), "{err}");
-    }
-    // Either way: nothing committed refers to missing data.
+    // The resumed backup noticed it lost its lock and committed nothing.
+    assert_eq!(status.code(), Some(11), "{err}");
+    assert!(err.contains("lost the repository lock"), "{err}");
+    assert_eq!(env.snapshots().len(), 1, "the frozen backup committed");
+    // Nothing committed refers to missing data.
     env.run(&["verify", "--read-data"]).assert().success();
     env.backup(&src, &[]);
     env.run(&["verify", "--read-data"]).assert().success();

@@ -212,30 +212,48 @@ fn file_changing_while_read_is_a_named_warning() {
     assert_eq!(env.snapshots().len(), 1, "the snapshot is still saved");
 }
 
+/// A private tmpfs, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(path: std::path::PathBuf) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs needs root (tests run as root in CI)");
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn one_file_system_keeps_mount_points_as_empty_directories() {
-    // /dev/shm is a tmpfs mounted inside /dev (devtmpfs) on the machines this runs on.
-    let (dev, shm) = (
-        std::fs::metadata("/dev").unwrap().dev(),
-        std::fs::metadata("/dev/shm").unwrap().dev(),
-    );
-    assert_ne!(
-        dev, shm,
-        "this test needs /dev/shm to be a separate file system"
-    );
-    let marker = format!("/dev/shm/backstop-onefs-{}", std::process::id());
-    std::fs::write(&marker, b"x").unwrap();
+    // A private file system with another one mounted inside it (never the shared /dev,
+    // whose /dev/shm files come and go with other processes).
     let env = Env::new();
-    env.init();
-    env.backup(
-        Path::new("/dev"),
-        &["--one-file-system", "--exclude", "/dev/pts/**"],
+    let outer = Tmpfs::new(env.path("outer"));
+    write(&outer.0.join("top.txt"), b"top");
+    let inner = Tmpfs::new(outer.0.join("shm"));
+    write(&inner.0.join("backstop-onefs"), b"x");
+    assert_ne!(
+        std::fs::metadata(&outer.0).unwrap().dev(),
+        std::fs::metadata(&inner.0).unwrap().dev()
     );
+    env.init();
+    env.backup(&outer.0, &["--one-file-system"]);
     let out = env
         .run(&["ls", "latest", "/shm", "--json"])
         .output()
         .unwrap();
-    std::fs::remove_file(&marker).unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -247,14 +265,13 @@ fn one_file_system_keeps_mount_points_as_empty_directories() {
         0,
         "content of the other file system was backed up: {v}"
     );
-    // Without it, the tmpfs content is there.
-    std::fs::write(&marker, b"x").unwrap();
-    env.backup(Path::new("/dev"), &["--exclude", "/dev/pts/**"]);
+    // Without it, the inner file system's content is there.
+    env.backup(&outer.0, &[]);
     let out = env
         .run(&["ls", "latest", "/shm", "--json"])
         .output()
         .unwrap();
-    std::fs::remove_file(&marker).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.to_string().contains("backstop-onefs"), "{v}");
+    drop(inner);
 }
