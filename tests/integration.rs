@@ -10,5 +10,6 @@ mod integration {
     mod hostile;
     mod memory;
     mod prune;
+    mod retention;
     mod roundtrip;
 }

@@ -132,7 +132,9 @@ fn a_mark_is_lifted_when_a_new_backup_uses_the_pack_again() {
     env.init();
     write(&src.join("a.bin"), &noise(7, 2 << 20));
     env.backup(&src, &[]);
-    env.run(&["forget", "--keep-last", "0"]).assert().success();
+    env.run(&["forget", "--keep-within", "0s", "--allow-empty"])
+        .assert()
+        .success();
     json(env.run(&["prune", "--json"])); // marks the pack of a.bin
     // The same data is backed up again: it dedups against the marked pack.
     env.backup(&src, &["--full"]);
@@ -190,7 +192,9 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
         write(&src.join(format!("f{i}")), &noise(300 + i, 8 << 20));
     }
     env.backup(&src, &[]);
-    env.run(&["forget", "--keep-last", "0"]).assert().success();
+    env.run(&["forget", "--keep-within", "0s", "--allow-empty"])
+        .assert()
+        .success();
     // A long backup and a prune from two processes at once.
     let backup = env.spawn(&["backup", "--full", src.to_str().unwrap()], &[]);
     // Prune starts once the backup holds its lock (else the backup would find prune's).
