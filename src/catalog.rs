@@ -558,6 +558,40 @@ mod tests {
     }
 
     #[test]
+    fn a_catalog_failing_mid_run_stops_recording_and_lets_the_job_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cat = Catalog::open(&url, rt.handle().clone()).unwrap();
+        let rec = Recorder::new(cat.clone(), &url);
+        let run = rec.with(|c| c.start_run("backup", Some(&key(1, "/r")), None));
+        assert!(run.is_some() && rec.is_recording());
+        // The database goes away under the running job.
+        rt.block_on(cat.pool.close());
+        let end = RunEnd {
+            status: "success",
+            ..Default::default()
+        };
+        assert!(rec.with(|c| c.finish_run(run.unwrap(), &end)).is_none());
+        assert!(!rec.is_recording());
+        // From then on nothing is attempted.
+        let mut called = false;
+        assert!(
+            rec.with(|_| {
+                called = true;
+                Ok(())
+            })
+            .is_none()
+        );
+        assert!(!called);
+        // A catalog that cannot be opened gives a recorder that records nothing.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let bad = format!("sqlite://{}", file.join("catalog.db").display());
+        assert!(!Recorder::open(&bad, rt.handle().clone()).is_recording());
+    }
+
+    #[test]
     fn a_copied_repository_gets_its_own_rows() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
