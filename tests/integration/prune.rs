@@ -67,8 +67,10 @@ fn forget_dry_run_matches_the_real_run() {
     ];
     let dry = json(env.run(&args).arg("--dry-run"));
     let real = json(&mut env.run(&args));
+    // One entry per repository, each with its decisions.
     let decisions = |v: &serde_json::Value| -> Vec<(String, bool)> {
-        v.as_array()
+        v[0]["decisions"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|f| {
