@@ -1,6 +1,14 @@
 //! The catalog: a SQL database (SQLite by default) of runs, snapshots and verification
 //! coverage. History plus a cache: the repositories stay the source of truth, and
 //! `catalog rebuild` reconstructs the snapshot rows from them.
+//!
+//! A repository is known by its id *and* its location ([`RepoKey`]): a copied repository
+//! keeps its id, and its rows must not merge with the original's.
+//!
+//! Because the catalog is not the source of truth, an unusable catalog (a corrupt file, a
+//! data directory that cannot be written, a database failing mid-run) must not stop a
+//! backup or a restore: jobs record through a [`Recorder`], which warns once naming the
+//! problem and then records nothing for the rest of the command.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -21,6 +29,25 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 pub struct Catalog {
     pool: SqlitePool,
     rt: Handle,
+}
+
+/// Which repository a row belongs to: its id and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoKey {
+    /// Repository id from its config.
+    pub id: Id,
+    /// Its storage location (absolute path or URL).
+    pub location: String,
+}
+
+impl RepoKey {
+    /// The key of an open repository.
+    pub fn of(repo: &crate::repo::Repo) -> RepoKey {
+        RepoKey {
+            id: repo.config().id,
+            location: repo.storage().location().to_string(),
+        }
+    }
 }
 
 /// A run being recorded.
@@ -110,15 +137,58 @@ impl Catalog {
         Ok(Catalog { pool, rt })
     }
 
-    /// Records that a repository was seen at `location`.
-    pub fn touch_repo(&self, id: &Id, location: &str) -> Result<()> {
+    /// Opens the catalog for `catalog rebuild`: a SQLite catalog file that exists but cannot
+    /// be opened or migrated (corrupt, not a database) is moved aside as
+    /// `<file>.broken-<UTC time>` (with its `-wal` and `-shm` files) and a fresh one is
+    /// created. Returns where the broken file went. A catalog that fails for another reason
+    /// (an unwritable directory, a bad URL) is still an error.
+    pub fn open_or_replace(url: &str, rt: Handle) -> Result<(Catalog, Option<std::path::PathBuf>)> {
+        let err = match Catalog::open(url, rt.clone()) {
+            Ok(c) => return Ok((c, None)),
+            Err(e) => e,
+        };
+        let file = SqliteConnectOptions::from_str(url)
+            .ok()
+            .map(|o| o.get_filename().to_path_buf());
+        let Some(file) = file.filter(|f| f.is_file()) else {
+            return Err(err);
+        };
+        if err.kind() != crate::error::ErrorKind::Catalog {
+            return Err(err);
+        }
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+        let mut aside = file.clone().into_os_string();
+        aside.push(format!(".broken-{stamp}"));
+        let aside = std::path::PathBuf::from(aside);
+        std::fs::rename(&file, &aside).map_err(|e| Error::io("moving aside", &file, e))?;
+        for ext in ["-wal", "-shm"] {
+            let mut side = file.clone().into_os_string();
+            side.push(ext);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                let mut to = aside.clone().into_os_string();
+                to.push(ext);
+                std::fs::rename(&side, &to).map_err(|e| Error::io("moving aside", &side, e))?;
+            }
+        }
+        tracing::warn!(
+            "catalog {} could not be opened ({}): moved it to {} and started a new one",
+            file.display(),
+            crate::error::chain(&err),
+            aside.display()
+        );
+        Ok((Catalog::open(url, rt)?, Some(aside)))
+    }
+
+    /// Records that a repository was seen (a new location of a known id is a new row).
+    pub fn touch_repo(&self, repo: &RepoKey) -> Result<()> {
         self.rt.block_on(
             sqlx::query(
                 "INSERT INTO repositories (id, location, first_seen) VALUES (?, ?, ?)
-                 ON CONFLICT (id) DO UPDATE SET location = excluded.location",
+                 ON CONFLICT (id, location) DO NOTHING",
             )
-            .bind(id.to_hex())
-            .bind(location)
+            .bind(repo.id.to_hex())
+            .bind(&repo.location)
             .bind(Utc::now().to_rfc3339())
             .execute(&self.pool),
         )?;
@@ -126,11 +196,17 @@ impl Catalog {
     }
 
     /// Starts recording a run.
-    pub fn start_run(&self, kind: &str, repo: Option<&Id>, policy: Option<&str>) -> Result<RunId> {
+    pub fn start_run(
+        &self,
+        kind: &str,
+        repo: Option<&RepoKey>,
+        policy: Option<&str>,
+    ) -> Result<RunId> {
         let row = self.rt.block_on(
-            sqlx::query("INSERT INTO runs (kind, repo_id, policy, status, started_at) VALUES (?, ?, ?, 'running', ?)")
+            sqlx::query("INSERT INTO runs (kind, repo_id, repo_location, policy, status, started_at) VALUES (?, ?, ?, ?, 'running', ?)")
                 .bind(kind)
-                .bind(repo.map(Id::to_hex))
+                .bind(repo.map(|r| r.id.to_hex()))
+                .bind(repo.map(|r| r.location.clone()))
                 .bind(policy)
                 .bind(Utc::now().to_rfc3339())
                 .execute(&self.pool),
@@ -161,14 +237,20 @@ impl Catalog {
     }
 
     /// Records (or refreshes) a snapshot row.
-    pub fn put_snapshot(&self, repo: &Id, id: &Id, s: &Snapshot) -> Result<()> {
+    pub fn put_snapshot(&self, repo: &RepoKey, id: &Id, s: &Snapshot) -> Result<()> {
         self.rt.block_on(
             sqlx::query(
-                "INSERT OR REPLACE INTO snapshots (id, repo_id, time, hostname, paths, kind, parent, tree, policy,
-                 tags, files, bytes_total, bytes_stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO snapshots (id, repo_id, repo_location, time, hostname, paths, kind, parent, tree, policy,
+                 tags, files, bytes_total, bytes_stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (repo_id, repo_location, id) DO UPDATE SET time = excluded.time,
+                 hostname = excluded.hostname, paths = excluded.paths, kind = excluded.kind,
+                 parent = excluded.parent, tree = excluded.tree, policy = excluded.policy,
+                 tags = excluded.tags, files = excluded.files, bytes_total = excluded.bytes_total,
+                 bytes_stored = excluded.bytes_stored",
             )
             .bind(id.to_hex())
-            .bind(repo.to_hex())
+            .bind(repo.id.to_hex())
+            .bind(&repo.location)
             .bind(s.time.to_rfc3339())
             .bind(&s.hostname)
             .bind(serde_json::to_string(&s.paths).expect("paths serialize"))
@@ -186,10 +268,11 @@ impl Catalog {
     }
 
     /// Replaces a repository's snapshot rows with `snaps` (catalog rebuild).
-    pub fn replace_snapshots(&self, repo: &Id, snaps: &[(Id, Snapshot)]) -> Result<()> {
+    pub fn replace_snapshots(&self, repo: &RepoKey, snaps: &[(Id, Snapshot)]) -> Result<()> {
         self.rt.block_on(
-            sqlx::query("DELETE FROM snapshots WHERE repo_id = ?")
-                .bind(repo.to_hex())
+            sqlx::query("DELETE FROM snapshots WHERE repo_id = ? AND repo_location = ?")
+                .bind(repo.id.to_hex())
+                .bind(&repo.location)
                 .execute(&self.pool),
         )?;
         for (id, s) in snaps {
@@ -199,23 +282,30 @@ impl Catalog {
     }
 
     /// Deletes snapshot rows (after `forget`).
-    pub fn delete_snapshots(&self, ids: &[Id]) -> Result<()> {
+    pub fn delete_snapshots(&self, repo: &RepoKey, ids: &[Id]) -> Result<()> {
         for id in ids {
             self.rt.block_on(
-                sqlx::query("DELETE FROM snapshots WHERE id = ?")
-                    .bind(id.to_hex())
-                    .execute(&self.pool),
+                sqlx::query(
+                    "DELETE FROM snapshots WHERE repo_id = ? AND repo_location = ? AND id = ?",
+                )
+                .bind(repo.id.to_hex())
+                .bind(&repo.location)
+                .bind(id.to_hex())
+                .execute(&self.pool),
             )?;
         }
         Ok(())
     }
 
     /// Number of snapshot rows of a repository.
-    pub fn count_snapshots(&self, repo: &Id) -> Result<i64> {
+    pub fn count_snapshots(&self, repo: &RepoKey) -> Result<i64> {
         let row = self.rt.block_on(
-            sqlx::query("SELECT COUNT(*) AS n FROM snapshots WHERE repo_id = ?")
-                .bind(repo.to_hex())
-                .fetch_one(&self.pool),
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM snapshots WHERE repo_id = ? AND repo_location = ?",
+            )
+            .bind(repo.id.to_hex())
+            .bind(&repo.location)
+            .fetch_one(&self.pool),
         )?;
         Ok(row.get("n"))
     }
@@ -223,14 +313,15 @@ impl Catalog {
     /// Records the outcome of a pack's data verification.
     pub fn record_verification(
         &self,
-        repo: &Id,
+        repo: &RepoKey,
         pack: &Id,
         at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<()> {
         self.rt.block_on(
-            sqlx::query("INSERT INTO pack_verifications (repo_id, pack_id, verified_at, ok, error) VALUES (?, ?, ?, ?, ?)")
-                .bind(repo.to_hex())
+            sqlx::query("INSERT INTO pack_verifications (repo_id, repo_location, pack_id, verified_at, ok, error) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(repo.id.to_hex())
+                .bind(&repo.location)
                 .bind(pack.to_hex())
                 .bind(at.to_rfc3339())
                 .bind(error.is_none())
@@ -241,10 +332,11 @@ impl Catalog {
     }
 
     /// When each pack of a repository was last verified successfully.
-    pub fn last_verified(&self, repo: &Id) -> Result<HashMap<Id, String>> {
+    pub fn last_verified(&self, repo: &RepoKey) -> Result<HashMap<Id, String>> {
         let rows = self.rt.block_on(
-            sqlx::query("SELECT pack_id, MAX(verified_at) AS at FROM pack_verifications WHERE repo_id = ? AND ok = 1 GROUP BY pack_id")
-                .bind(repo.to_hex())
+            sqlx::query("SELECT pack_id, MAX(verified_at) AS at FROM pack_verifications WHERE repo_id = ? AND repo_location = ? AND ok = 1 GROUP BY pack_id")
+                .bind(repo.id.to_hex())
+                .bind(&repo.location)
                 .fetch_all(&self.pool),
         )?;
         Ok(rows
@@ -254,13 +346,15 @@ impl Catalog {
     }
 
     /// Packs whose latest data verification failed.
-    pub fn damaged_packs(&self, repo: &Id) -> Result<Vec<Id>> {
+    pub fn damaged_packs(&self, repo: &RepoKey) -> Result<Vec<Id>> {
         let rows = self.rt.block_on(
             sqlx::query(
-                "SELECT v.pack_id FROM pack_verifications v WHERE v.repo_id = ? AND v.ok = 0 AND v.verified_at =
-                   (SELECT MAX(w.verified_at) FROM pack_verifications w WHERE w.repo_id = v.repo_id AND w.pack_id = v.pack_id)",
+                "SELECT v.pack_id FROM pack_verifications v WHERE v.repo_id = ? AND v.repo_location = ? AND v.ok = 0 AND v.verified_at =
+                   (SELECT MAX(w.verified_at) FROM pack_verifications w WHERE w.repo_id = v.repo_id
+                    AND w.repo_location = v.repo_location AND w.pack_id = v.pack_id)",
             )
-            .bind(repo.to_hex())
+            .bind(repo.id.to_hex())
+            .bind(&repo.location)
             .fetch_all(&self.pool),
         )?;
         Ok(rows
@@ -302,11 +396,13 @@ impl Catalog {
         let rows = self.rt.block_on(
             sqlx::query(
                 "SELECT r.id, r.location,
-                   (SELECT COUNT(*) FROM snapshots s WHERE s.repo_id = r.id) AS snapshots,
-                   (SELECT MAX(time) FROM snapshots s WHERE s.repo_id = r.id) AS latest,
-                   (SELECT COUNT(DISTINCT pack_id) FROM pack_verifications v WHERE v.repo_id = r.id AND v.ok = 1) AS verified,
-                   (SELECT MAX(verified_at) FROM pack_verifications v WHERE v.repo_id = r.id) AS last_verify
-                 FROM repositories r ORDER BY r.location",
+                   (SELECT COUNT(*) FROM snapshots s WHERE s.repo_id = r.id AND s.repo_location = r.location) AS snapshots,
+                   (SELECT MAX(time) FROM snapshots s WHERE s.repo_id = r.id AND s.repo_location = r.location) AS latest,
+                   (SELECT COUNT(DISTINCT pack_id) FROM pack_verifications v WHERE v.repo_id = r.id
+                      AND v.repo_location = r.location AND v.ok = 1) AS verified,
+                   (SELECT MAX(verified_at) FROM pack_verifications v WHERE v.repo_id = r.id
+                      AND v.repo_location = r.location) AS last_verify
+                 FROM repositories r ORDER BY r.location, r.id",
             )
             .fetch_all(&self.pool),
         )?;
@@ -339,4 +435,197 @@ pub struct RepoSummary {
     pub packs_verified: i64,
     /// Last data verification.
     pub last_verify: Option<String>,
+}
+
+/// Records jobs in a catalog if there is a usable one, and otherwise lets them run.
+///
+/// Opening may fail (a corrupt file, an unwritable data directory) and so may any later
+/// statement (disk full, the file damaged under us). The first failure is logged once as a
+/// warning naming the catalog and its cause; from then on nothing is recorded and every
+/// query answers `None`, so the operation itself goes on: the repository is the source of
+/// truth and `backstop catalog rebuild` restores the snapshot records later.
+pub struct Recorder {
+    catalog: Option<Catalog>,
+    url: String,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    /// Opens the catalog at `url`, or a recorder that records nothing (warning once).
+    pub fn open(url: &str, rt: Handle) -> Recorder {
+        match Catalog::open(url, rt) {
+            Ok(c) => Recorder::new(c, url),
+            Err(e) => {
+                let r = Recorder {
+                    catalog: None,
+                    url: url.to_string(),
+                    failed: false.into(),
+                };
+                r.disable(&e);
+                r
+            }
+        }
+    }
+
+    /// Records into an open catalog.
+    pub fn new(catalog: Catalog, url: &str) -> Recorder {
+        Recorder {
+            catalog: Some(catalog),
+            url: url.to_string(),
+            failed: false.into(),
+        }
+    }
+
+    /// Whether records are still being written.
+    pub fn is_recording(&self) -> bool {
+        self.catalog.is_some() && !self.failed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the catalog; `None` if there is none or it fails (then it is disabled).
+    pub fn with<T>(&self, f: impl FnOnce(&Catalog) -> Result<T>) -> Option<T> {
+        if !self.is_recording() {
+            return None;
+        }
+        let c = self.catalog.as_ref()?;
+        match f(c) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.disable(&e);
+                None
+            }
+        }
+    }
+
+    fn disable(&self, e: &Error) {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "catalog {} is unusable ({}); going on without recording this run (the repository \
+                 is the source of truth: `backstop catalog rebuild` restores the snapshot records)",
+                self.url,
+                crate::error::chain(e)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u8, location: &str) -> RepoKey {
+        RepoKey {
+            id: Id([id; 32]),
+            location: location.into(),
+        }
+    }
+
+    #[test]
+    fn a_version_1_catalog_migrates_to_location_keys_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = rt
+            .block_on(SqlitePoolOptions::new().connect_with(opts))
+            .unwrap();
+        rt.block_on(MIGRATOR.run_to(20261121000001, &pool)).unwrap();
+        let id = Id([7; 32]).to_hex();
+        for q in [
+            format!("INSERT INTO repositories VALUES ('{id}', '/old/place', '2026-01-01')"),
+            format!(
+                "INSERT INTO snapshots VALUES ('{}', '{id}', '2026-01-01T00:00:00Z', 'h', '[]', 'full', NULL, '{}', NULL, '[]', 1, 2, 3)",
+                Id([1; 32]).to_hex(),
+                Id([2; 32]).to_hex()
+            ),
+            format!(
+                "INSERT INTO pack_verifications VALUES ('{id}', '{}', '2026-01-02', 1, NULL)",
+                Id([3; 32]).to_hex()
+            ),
+        ] {
+            rt.block_on(sqlx::query(sqlx::AssertSqlSafe(q)).execute(&pool))
+                .unwrap();
+        }
+        rt.block_on(pool.close());
+        let cat = Catalog::open(&url, rt.handle().clone()).unwrap();
+        let old = key(7, "/old/place");
+        assert_eq!(cat.count_snapshots(&old).unwrap(), 1);
+        assert_eq!(cat.last_verified(&old).unwrap().len(), 1);
+        let s = cat.repo_summaries().unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].snapshots, s[0].packs_verified), (1, 1));
+    }
+
+    #[test]
+    fn a_catalog_failing_mid_run_stops_recording_and_lets_the_job_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cat = Catalog::open(&url, rt.handle().clone()).unwrap();
+        let rec = Recorder::new(cat.clone(), &url);
+        let run = rec.with(|c| c.start_run("backup", Some(&key(1, "/r")), None));
+        assert!(run.is_some() && rec.is_recording());
+        // The database goes away under the running job.
+        rt.block_on(cat.pool.close());
+        let end = RunEnd {
+            status: "success",
+            ..Default::default()
+        };
+        assert!(rec.with(|c| c.finish_run(run.unwrap(), &end)).is_none());
+        assert!(!rec.is_recording());
+        // From then on nothing is attempted.
+        let mut called = false;
+        assert!(
+            rec.with(|_| {
+                called = true;
+                Ok(())
+            })
+            .is_none()
+        );
+        assert!(!called);
+        // A catalog that cannot be opened gives a recorder that records nothing.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let bad = format!("sqlite://{}", file.join("catalog.db").display());
+        assert!(!Recorder::open(&bad, rt.handle().clone()).is_recording());
+    }
+
+    #[test]
+    fn a_copied_repository_gets_its_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("catalog.db").display());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cat = Catalog::open(&url, rt.handle().clone()).unwrap();
+        let (a, b) = (key(9, "/a"), key(9, "/b"));
+        cat.touch_repo(&a).unwrap();
+        cat.touch_repo(&b).unwrap();
+        cat.touch_repo(&a).unwrap();
+        let snap: Snapshot = serde_json::from_value(serde_json::json!({
+            "version": 1, "time": "2026-01-01T00:00:00Z", "hostname": "h", "username": "u",
+            "source": "files", "program": "t", "parent": null, "policy": null, "paths": [],
+            "kind": "full", "tree": Id([5; 32]), "summary": {}
+        }))
+        .unwrap_or_else(|e| panic!("snapshot json: {e}"));
+        // The same snapshot id in both (a copy): two rows, each deleted on its own.
+        cat.put_snapshot(&a, &Id([1; 32]), &snap).unwrap();
+        cat.put_snapshot(&b, &Id([1; 32]), &snap).unwrap();
+        cat.put_snapshot(&b, &Id([2; 32]), &snap).unwrap();
+        cat.record_verification(&b, &Id([3; 32]), Utc::now(), Some("bad"))
+            .unwrap();
+        assert_eq!(cat.count_snapshots(&a).unwrap(), 1);
+        assert_eq!(cat.count_snapshots(&b).unwrap(), 2);
+        assert!(cat.damaged_packs(&a).unwrap().is_empty());
+        assert_eq!(cat.damaged_packs(&b).unwrap(), vec![Id([3; 32])]);
+        cat.delete_snapshots(&b, &[Id([1; 32])]).unwrap();
+        assert_eq!(cat.count_snapshots(&a).unwrap(), 1);
+        assert_eq!(cat.count_snapshots(&b).unwrap(), 1);
+        let s = cat.repo_summaries().unwrap();
+        assert_eq!(
+            s.iter()
+                .map(|r| (r.location.as_str(), r.snapshots))
+                .collect::<Vec<_>>(),
+            [("/a", 1), ("/b", 1)]
+        );
+    }
 }

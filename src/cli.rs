@@ -167,19 +167,29 @@ pub enum Command {
         #[arg(long, value_name = "N%")]
         read_data_subset: Option<String>,
     },
-    /// Remove snapshots that retention rules do not keep (data goes with `prune`).
+    /// Remove snapshots that retention rules do not keep, or the SNAPSHOTs named (data goes
+    /// with `prune`).
     ///
     /// Prints every snapshot with the rules that keep it, or "remove". Rules come from
     /// flags, or from a policy's [retention] table (flags override it rule by rule);
     /// calendar rules count periods in --timezone (default: the policy's, else UTC).
+    /// Rules that would remove every snapshot of a group (same host and paths) are refused
+    /// unless --allow-empty. Manifests that cannot be read are skipped and named.
+    /// With --policy and no --repo, every target of the policy (or --target NAME) is used.
     Forget {
         #[command(flatten)]
         repo: RepoArgs,
         #[command(flatten)]
         keep: crate::policy::retention::KeepRules,
-        /// Take retention rules and time zone from this policy file.
+        /// Take retention rules, time zone and targets from this policy file.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// With --policy: only this target of the policy (default: all of them).
+        #[arg(long, value_name = "NAME", requires = "policy")]
+        target: Option<String>,
+        /// Snapshots to remove, by id or unique prefix (no rules are applied then).
+        #[arg(value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
         /// Time zone for calendar rules (IANA name, e.g. Asia/Shanghai).
         #[arg(long, value_name = "TZ")]
         timezone: Option<String>,
@@ -201,10 +211,11 @@ pub enum Command {
         #[command(flatten)]
         prune: PruneArgs,
     },
-    /// Rebuild the index from the packs; set damaged packs aside.
+    /// Rebuild the index from the packs (`repair` or `repair index`), or set damaged
+    /// snapshot manifests aside (`repair snapshots`).
     ///
-    /// Reads every pack. Intact packs are indexed from their own headers; blobs that still
-    /// verify are salvaged from damaged packs, which move to damaged/. Lost data is no
+    /// Index: reads every pack. Intact packs are indexed from their own headers; blobs that
+    /// still verify are salvaged from damaged packs, which move to damaged/. Lost data is no
     /// longer trusted, so the next backup stores it again if the source still has it.
     Repair {
         #[command(flatten)]
@@ -212,6 +223,8 @@ pub enum Command {
         /// Report only; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(subcommand)]
+        what: Option<RepairCommand>,
     },
     /// Remove stale locks (expired, or held by a process that no longer exists).
     Unlock {
@@ -335,10 +348,35 @@ pub struct PruneArgs {
     pub grace: String,
 }
 
+/// `repair` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the packs (what `backstop repair` alone does).
+    Index {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Report only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Move snapshot manifests that cannot be read, authenticated or decoded to
+    /// damaged/snapshots/ (kept byte for byte; other commands stop warning about them).
+    Snapshots {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Name them only; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 /// `catalog` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
     /// Reconstruct the catalog's snapshot records from a repository.
+    ///
+    /// A catalog file that cannot be opened (corrupt) is moved aside as
+    /// catalog.db.broken-TIME and a new one is created.
     Rebuild {
         #[command(flatten)]
         repo: RepoArgs,
@@ -349,8 +387,13 @@ pub enum CatalogCommand {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate policy files without running anything.
+    ///
+    /// Checks every file given and reports every problem found (file:line:column), exiting
+    /// 2 if there is any. A file named backstop.toml is checked as the settings file.
+    /// Schedules are cron expressions with six fields, seconds first
+    /// (sec min hour day-of-month month day-of-week; an optional seventh is the year).
     Check {
-        /// Policy files (default: policies/*.toml).
+        /// Policy files (default: policies/*.toml and policies/backstop.toml).
         files: Vec<PathBuf>,
     },
 }

@@ -1,8 +1,11 @@
 //! Jobs: a library operation together with its record in the catalog (run rows, snapshot
 //! rows, verification coverage). The CLI and the daemon both run operations through here.
+//!
+//! Recording goes through a [`Recorder`]: when the catalog is unusable, or fails part way,
+//! the operation still runs and returns its result (one warning names the catalog problem).
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
-use crate::catalog::{Catalog, RunEnd};
+use crate::catalog::{Catalog, Recorder, RepoKey, RunEnd};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -10,50 +13,49 @@ use crate::restore::{self, RestoreOptions, RestoreOutcome};
 use crate::verify::{self, ReadData, VerifyReport};
 
 /// Runs `op` as a job of `kind`: a run row is opened first (unless `record` is false, for
-/// dry runs) and closed with what `end` makes of the outcome. A failure to record the
-/// outcome (e.g. a snapshot row) still closes the run, as failed.
+/// dry runs) and closed with what `end` makes of the outcome, or as failed with the error.
+/// `end` records what the outcome adds (snapshot rows, coverage) through the same recorder.
 fn recorded<T>(
-    catalog: &Catalog,
+    catalog: &Recorder,
     kind: &str,
     repo: &Repo,
     policy: Option<&str>,
     record: bool,
     op: impl FnOnce() -> Result<T>,
-    end: impl FnOnce(&T) -> Result<RunEnd>,
+    end: impl FnOnce(&T) -> RunEnd,
 ) -> Result<T> {
     if !record {
         return op();
     }
-    let run = catalog.start_run(kind, Some(&repo.config().id), policy)?;
-    let res = op().and_then(|t| end(&t).map(|e| (t, e)));
-    match res {
-        Ok((t, e)) => {
-            catalog.finish_run(run, &e)?;
-            Ok(t)
-        }
-        Err(err) => {
-            let e = RunEnd {
-                status: "failed",
-                error: Some(crate::error::chain(&err)),
-                ..Default::default()
-            };
-            catalog.finish_run(run, &e)?;
-            Err(err)
-        }
+    let key = RepoKey::of(repo);
+    let run = catalog.with(|c| c.start_run(kind, Some(&key), policy));
+    let res = op();
+    let e = match &res {
+        Ok(t) => end(t),
+        Err(err) => RunEnd {
+            status: "failed",
+            error: Some(crate::error::chain(err)),
+            ..Default::default()
+        },
+    };
+    if let Some(run) = run {
+        catalog.with(|c| c.finish_run(run, &e));
     }
+    res
 }
 
 /// Backs up and records the run and the snapshot.
 pub fn backup(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
-    let repo_id = repo.config().id;
-    catalog.touch_repo(&repo_id, repo.storage().location())?;
+    let key = RepoKey::of(repo);
+    catalog.with(|c| c.touch_repo(&key));
     let mut opts = opts.clone();
-    opts.damaged_packs.extend(catalog.damaged_packs(&repo_id)?);
+    opts.damaged_packs
+        .extend(catalog.with(|c| c.damaged_packs(&key)).unwrap_or_default());
     let policy = opts.policy.clone();
     recorded(
         catalog,
@@ -63,9 +65,9 @@ pub fn backup(
         true,
         || backup::run(repo, &opts, progress),
         |o| {
-            catalog.put_snapshot(&repo_id, &o.id, &o.snapshot)?;
+            catalog.with(|c| c.put_snapshot(&key, &o.id, &o.snapshot));
             let s = &o.snapshot.summary;
-            Ok(RunEnd {
+            RunEnd {
                 status: if o.warnings.is_empty() {
                     "success"
                 } else {
@@ -78,7 +80,7 @@ pub fn backup(
                 warnings: s.warnings,
                 error: None,
                 snapshot: Some(o.id),
-            })
+            }
         },
     )
 }
@@ -86,7 +88,7 @@ pub fn backup(
 /// Restores snapshot `snapshot` (an id, a unique prefix, or `latest` as `filter` allows)
 /// and records the run.
 pub fn restore(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
     snapshot: &str,
     filter: &crate::repo::SnapshotFilter,
@@ -102,132 +104,151 @@ pub fn restore(
         snap.policy.as_deref(),
         !opts.dry_run,
         op,
-        |o| {
-            Ok(RunEnd {
-                status: if o.is_complete() {
-                    "success"
-                } else {
-                    "partial"
-                },
-                files: o.files,
-                bytes_read: o.bytes,
-                warnings: o.warnings.len() as u64,
-                error: (!o.is_complete()).then(|| {
-                    format!(
-                        "{} entries failed, {} include pattern(s) matched nothing",
-                        o.failed.len(),
-                        o.unmatched_includes.len()
-                    )
-                }),
-                snapshot: Some(sid),
-                ..Default::default()
-            })
+        |o| RunEnd {
+            status: if o.is_complete() {
+                "success"
+            } else {
+                "partial"
+            },
+            files: o.files,
+            bytes_read: o.bytes,
+            warnings: o.warnings.len() as u64,
+            error: (!o.is_complete()).then(|| {
+                format!(
+                    "{} entries failed, {} include pattern(s) matched nothing",
+                    o.failed.len(),
+                    o.unmatched_includes.len()
+                )
+            }),
+            snapshot: Some(sid),
+            ..Default::default()
         },
     )
 }
 
 /// Verifies and records the run and each pack's result.
 pub fn verify(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
     read: ReadData,
     retry_lock: std::time::Duration,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
-    let repo_id = repo.config().id;
-    catalog.touch_repo(&repo_id, repo.storage().location())?;
-    let last = catalog.last_verified(&repo_id)?;
+    let key = RepoKey::of(repo);
+    catalog.with(|c| c.touch_repo(&key));
+    // Without a catalog a subset check has no history: every pack counts as never verified.
+    let last = catalog.with(|c| c.last_verified(&key)).unwrap_or_default();
     let op = || verify::run(repo, read, &last, retry_lock, progress);
     recorded(catalog, "verify", repo, None, true, op, |r| {
         let now = chrono::Utc::now();
-        for c in &r.checked {
-            catalog.record_verification(&repo_id, &c.pack, now, c.error.as_deref())?;
-        }
-        Ok(RunEnd {
+        catalog.with(|c| {
+            for p in &r.checked {
+                c.record_verification(&key, &p.pack, now, p.error.as_deref())?;
+            }
+            Ok(())
+        });
+        RunEnd {
             status: if r.is_ok() { "success" } else { "failed" },
             bytes_read: r.bytes_read,
             error: r.problems.first().map(|p| p.message.clone()),
             ..Default::default()
-        })
+        }
     })
 }
 
-/// Rebuilds a repository's snapshot rows from the repository.
-pub fn rebuild_catalog(catalog: &Catalog, repo: &Repo) -> Result<usize> {
-    let repo_id = repo.config().id;
-    catalog.touch_repo(&repo_id, repo.storage().location())?;
+/// Rebuilds a repository's snapshot rows from the repository; damaged manifests are
+/// skipped (and logged by [`Repo::snapshots`]). Needs a working catalog.
+pub fn rebuild_catalog(catalog: &Catalog, repo: &Repo) -> Result<crate::repo::SnapshotList> {
+    let key = RepoKey::of(repo);
+    catalog.touch_repo(&key)?;
     let snaps = repo.snapshots()?;
-    catalog.replace_snapshots(&repo_id, &snaps)?;
-    Ok(snaps.len())
+    catalog.replace_snapshots(&key, &snaps)?;
+    Ok(snaps)
 }
 
-/// Applies retention and records the run; removed snapshots leave the catalog too.
+/// Forgets snapshots (by rules or ids) and records the run; removed snapshots leave the
+/// catalog too.
 pub fn forget<Z: chrono::TimeZone>(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
-    rules: &crate::policy::retention::KeepRules,
+    sel: crate::forget::Selection,
     tz: &Z,
     dry_run: bool,
     retry_lock: std::time::Duration,
-) -> Result<Vec<crate::forget::Forgotten>> {
-    let op = || crate::forget::run(repo, rules, tz, chrono::Utc::now(), dry_run, retry_lock);
-    recorded(catalog, "forget", repo, None, !dry_run, op, |list| {
-        let removed: Vec<_> = list
-            .iter()
-            .filter(|f| !f.decision.keep)
-            .map(|f| f.id)
-            .collect();
-        catalog.delete_snapshots(&removed)?;
-        Ok(RunEnd {
-            status: "success",
+) -> Result<crate::forget::ForgetReport> {
+    let key = RepoKey::of(repo);
+    let op = || crate::forget::run(repo, sel, tz, chrono::Utc::now(), dry_run, retry_lock);
+    recorded(catalog, "forget", repo, None, !dry_run, op, |rep| {
+        let removed = rep.removed();
+        catalog.with(|c| c.delete_snapshots(&key, &removed));
+        RunEnd {
+            status: if rep.skipped.is_empty() {
+                "success"
+            } else {
+                "partial"
+            },
             files: removed.len() as u64,
+            warnings: rep.skipped.len() as u64,
             ..Default::default()
-        })
+        }
     })
 }
 
 /// Prunes and records the run.
 pub fn prune(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
     opts: &crate::repo::prune::PruneOptions,
 ) -> Result<crate::repo::prune::PruneReport> {
     let op = || crate::repo::prune::run(repo, opts, chrono::Utc::now());
     recorded(catalog, "prune", repo, None, !opts.dry_run, op, |r| {
-        Ok(RunEnd {
+        RunEnd {
             status: "success",
             bytes_stored: r.freed_bytes,
             ..Default::default()
-        })
+        }
     })
 }
 
 /// Rebuilds the index from the packs, recording damaged and missing packs in the catalog
 /// (so that backups stop trusting them).
 pub fn repair(
-    catalog: &Catalog,
+    catalog: &Recorder,
     repo: &Repo,
     dry_run: bool,
     retry_lock: std::time::Duration,
 ) -> Result<crate::repo::repair::RepairReport> {
-    let repo_id = repo.config().id;
+    let key = RepoKey::of(repo);
     let op = || crate::repo::repair::run(repo, dry_run, retry_lock);
     recorded(catalog, "repair", repo, None, !dry_run, op, |r| {
         let now = chrono::Utc::now();
-        for id in &r.damaged {
-            catalog.record_verification(
-                &repo_id,
-                id,
-                now,
-                Some("damaged: moved to damaged/ by repair"),
-            )?;
-        }
-        for id in &r.missing {
-            catalog.record_verification(&repo_id, id, now, Some("missing from storage"))?;
-        }
-        Ok(RunEnd {
+        catalog.with(|c| {
+            for id in &r.damaged {
+                c.record_verification(&key, id, now, Some("damaged: moved to damaged/ by repair"))?;
+            }
+            for id in &r.missing {
+                c.record_verification(&key, id, now, Some("missing from storage"))?;
+            }
+            Ok(())
+        });
+        RunEnd {
             status: "success",
             ..Default::default()
-        })
+        }
+    })
+}
+
+/// Sets undecodable snapshot manifests aside (`repair snapshots`) and records the run.
+pub fn repair_snapshots(
+    catalog: &Recorder,
+    repo: &Repo,
+    dry_run: bool,
+    retry_lock: std::time::Duration,
+) -> Result<crate::repo::repair::SnapshotRepairReport> {
+    let op = || crate::repo::repair::snapshots(repo, dry_run, retry_lock);
+    recorded(catalog, "repair", repo, None, !dry_run, op, |r| RunEnd {
+        status: "success",
+        warnings: r.set_aside.len() as u64,
+        ..Default::default()
     })
 }

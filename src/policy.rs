@@ -108,14 +108,25 @@ pub struct CatalogSettings {
 }
 
 /// A named target: a repository and how to open it.
+///
+/// An encrypted target (the default) names exactly one password source: `password-env`,
+/// `password-file` or `password-command`. A repository meant to be unencrypted says so with
+/// `encrypted = false` and names none.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Target {
     /// Repository location (a path; relative to `backstop.toml`).
     pub repo: String,
+    /// Whether the repository is encrypted (and so needs a password source).
+    #[serde(default = "yes")]
+    pub encrypted: bool,
     /// Where the passphrase comes from.
     #[serde(flatten)]
     pub password: PasswordSource,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A policy with its settings, paths resolved.
@@ -131,72 +142,232 @@ pub struct LoadedPolicy {
     pub targets: Vec<(String, Target)>,
 }
 
+/// "file:line:column" of a byte offset.
+fn position(path: &Path, text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("{}:{line}:{col}", path.display())
+}
+
+/// Finds where keys are written, to point problems found after parsing at their line.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(path: &'a Path, text: &'a str) -> Self {
+        Locator {
+            path,
+            text,
+            doc: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    /// "file:line:col" of the key at `keys` (or of the deepest part of it that exists).
+    fn at(&self, keys: &[&str]) -> String {
+        let mut offset = None;
+        if let Some(doc) = &self.doc {
+            let mut table = Some(doc.get_ref());
+            for k in keys {
+                let Some(t) = table else { break };
+                let Some((key, value)) = t.iter().find(|(key, _)| key.get_ref() == k) else {
+                    break;
+                };
+                offset = Some(key.span().start);
+                table = match value.get_ref() {
+                    toml::de::DeValue::Table(t) => Some(t),
+                    _ => None,
+                };
+            }
+        }
+        match offset {
+            Some(o) => position(self.path, self.text, o),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// The span of the key `name` and its value inside `within` (the span a serde error
+    /// gives, which for an unknown key is the whole table holding it).
+    fn unknown_key(
+        &self,
+        name: &str,
+        within: &std::ops::Range<usize>,
+    ) -> Option<(usize, usize, bool)> {
+        fn walk(
+            t: &toml::de::DeTable<'_>,
+            name: &str,
+            within: &std::ops::Range<usize>,
+        ) -> Option<(usize, usize, bool)> {
+            for (k, v) in t.iter() {
+                let ks = k.span();
+                let is_table = matches!(v.get_ref(), toml::de::DeValue::Table(_));
+                if k.get_ref() == name
+                    && ks.start >= within.start
+                    && ks.end <= within.end.max(ks.end)
+                    && ks.start < within.end.max(ks.start + 1)
+                {
+                    return Some((ks.start, v.span().end.max(ks.end), is_table));
+                }
+                match v.get_ref() {
+                    toml::de::DeValue::Table(sub) => {
+                        if let Some(hit) = walk(sub, name, within) {
+                            return Some(hit);
+                        }
+                    }
+                    toml::de::DeValue::Array(a) => {
+                        for item in a.iter() {
+                            if let toml::de::DeValue::Table(sub) = item.get_ref()
+                                && let Some(hit) = walk(sub, name, within)
+                            {
+                                return Some(hit);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        walk(self.doc.as_ref()?.get_ref(), name, within)
+    }
+}
+
 /// Parses TOML into `T`, turning errors into "file:line:column: message".
 pub fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
-    toml::from_str(text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                (line, col)
-            })
-            .unwrap_or((1, 1));
-        Error::config(format!("{}:{line}:{col}: {}", path.display(), e.message()))
-    })
+    match parse_toml_all(path, text) {
+        (Some(t), p) if p.is_empty() => Ok(t),
+        (_, p) => Err(Error::config(p.join("\n"))),
+    }
+}
+
+/// Parses TOML into `T`, reporting every unknown key (each at its own line) rather than
+/// only the first: an unknown key is blanked out and the text parsed again. Returns the
+/// value parsed without the unknown keys (if the rest parses), so that it can be checked
+/// further, and the problems in the order of the file.
+fn parse_toml_all<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> (Option<T>, Vec<String>) {
+    let (t, mut found) = parse_unknown_keys_out(path, text);
+    found.sort_by_key(|(at, _)| *at);
+    (t, found.into_iter().map(|(_, m)| m).collect())
+}
+
+fn parse_unknown_keys_out<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> (Option<T>, Vec<(usize, String)>) {
+    let loc = Locator::new(path, text);
+    let mut work = text.to_string();
+    let mut problems = Vec::new();
+    for _ in 0..64 {
+        let e = match toml::from_str::<T>(&work) {
+            Ok(t) => return (Some(t), problems),
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        let unknown = e
+            .message()
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+            .and_then(|name| loc.unknown_key(name, &span));
+        let Some((start, end, is_table)) = unknown else {
+            let msg = format!("{}: {}", position(path, text, span.start), e.message());
+            problems.push((span.start, msg));
+            return (None, problems);
+        };
+        problems.push((
+            start,
+            format!("{}: {}", position(path, text, start), e.message()),
+        ));
+        if is_table {
+            // Blanking a table header would move its keys into the table before it.
+            return (None, problems);
+        }
+        // Blank the key and its value (keeping newlines, so positions stay right).
+        let blank: String = work[start..end]
+            .chars()
+            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .collect();
+        work.replace_range(start..end, &blank);
+    }
+    (None, problems)
 }
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))
 }
 
-/// Loads a policy file and the `backstop.toml` beside it, and validates both.
+/// Loads a policy file and the `backstop.toml` beside it, and validates both. Every problem
+/// found is in the error, one per line.
 pub fn load(path: &Path) -> Result<LoadedPolicy> {
-    let mut policy: Policy = parse_toml(path, &read(path)?)?;
+    load_checked(path).map_err(|e| Error::config(e.join("\n")))
+}
+
+/// Checks one file without running anything: a policy, or (named `backstop.toml`) the
+/// settings file. Returns what it is, or every problem found.
+pub fn check(path: &Path) -> std::result::Result<String, Vec<String>> {
+    if path.file_name().is_some_and(|n| n == "backstop.toml") {
+        let s = load_settings(path)?;
+        return Ok(format!("settings, {} target(s)", s.targets.len()));
+    }
+    load_checked(path).map(|lp| format!("policy {}", lp.policy.name))
+}
+
+/// Loads and validates a settings file (`backstop.toml`), resolving relative paths.
+pub fn load_settings(path: &Path) -> std::result::Result<Settings, Vec<String>> {
+    match settings_checked(path) {
+        (Some(s), p) if p.is_empty() => Ok(s),
+        (_, p) => Err(p),
+    }
+}
+
+/// The settings as far as they parse, and every problem found in them.
+fn settings_checked(path: &Path) -> (Option<Settings>, Vec<String>) {
+    let text = match read(path) {
+        Ok(t) => t,
+        Err(e) => return (None, vec![crate::error::chain(&e)]),
+    };
+    let (settings, mut problems) = parse_toml_all::<Settings>(path, &text);
+    let Some(mut settings) = settings else {
+        return (None, problems);
+    };
+    let loc = Locator::new(path, &text);
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let settings_path = dir.join("backstop.toml");
-    let mut settings: Settings = if settings_path.exists() {
-        parse_toml(&settings_path, &read(&settings_path)?)?
-    } else {
-        Settings::default()
-    };
-    let err = |msg: String| Error::config(format!("{}: {msg}", path.display()));
-    if policy.name.trim().is_empty() {
-        return Err(err("name must not be empty".into()));
-    }
-    if policy.targets.is_empty() {
-        return Err(err("targets: name at least one target".into()));
-    }
-    if !(0..=22).contains(&policy.compression) {
-        return Err(err(format!(
-            "compression {} is not a zstd level (0-22)",
-            policy.compression
-        )));
-    }
-    let Source::Files(files) = &mut policy.source;
-    if files.paths.is_empty() {
-        return Err(err("source.paths: give at least one path".into()));
-    }
-    for p in &mut files.paths {
-        if p.is_relative() {
-            *p = dir.join(&*p);
+    for (name, t) in &mut settings.targets {
+        let given: Vec<&str> = [
+            ("password-env", t.password.password_env.is_some()),
+            ("password-file", t.password.password_file.is_some()),
+            ("password-command", t.password.password_command.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        let at = loc.at(&["targets", name]);
+        match (t.encrypted, given.len()) {
+            (true, 0) => problems.push(format!(
+                "{at}: target '{name}' has no password source: give one of password-env, \
+                 password-file or password-command (or encrypted = false for a repository meant to be unencrypted)"
+            )),
+            (true, 1) | (false, 0) => {}
+            (true, _) => problems.push(format!(
+                "{}: target '{name}' gives {} password sources ({}): give exactly one",
+                loc.at(&["targets", name, given[1]]),
+                given.len(),
+                given.join(", ")
+            )),
+            (false, _) => problems.push(format!(
+                "{}: target '{name}' is encrypted = false but gives {}: remove one of them",
+                loc.at(&["targets", name, "encrypted"]),
+                given.join(", ")
+            )),
         }
-    }
-    for g in files.exclude.iter().chain(&files.include) {
-        globset::Glob::new(g).map_err(|e| err(format!("invalid glob '{g}': {e}")))?;
-    }
-    if let Some(s) = &policy.schedule {
-        validate_schedule(s).map_err(err)?;
-    }
-    policy
-        .retention
-        .validate()
-        .map_err(|e| err(format!("retention: {e}")))?;
-    for t in settings.targets.values_mut() {
         if !t.repo.contains("://") && Path::new(&t.repo).is_relative() {
             t.repo = dir.join(&t.repo).display().to_string();
         }
@@ -206,15 +377,98 @@ pub fn load(path: &Path) -> Result<LoadedPolicy> {
             *f = dir.join(&*f);
         }
     }
+    if let Some(c) = &settings.catalog
+        && !c.url.starts_with("sqlite:")
+    {
+        problems.push(format!(
+            "{}: catalog url '{}': only sqlite: URLs are supported in this version",
+            loc.at(&["catalog", "url"]),
+            c.url
+        ));
+    }
+    (Some(settings), problems)
+}
+
+fn load_checked(path: &Path) -> std::result::Result<LoadedPolicy, Vec<String>> {
+    let text = read(path).map_err(|e| vec![crate::error::chain(&e)])?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let settings_path = dir.join("backstop.toml");
+    let mut problems = Vec::new();
+    let mut settings_failed = false;
+    let settings = if settings_path.exists() {
+        let (s, p) = settings_checked(&settings_path);
+        problems.extend(p);
+        settings_failed = s.is_none();
+        s.unwrap_or_default()
+    } else {
+        Settings::default()
+    };
+    let (policy, parse_problems) = parse_toml_all::<Policy>(path, &text);
+    problems.extend(parse_problems);
+    let Some(mut policy) = policy else {
+        return Err(problems);
+    };
+    let loc = Locator::new(path, &text);
+    let mut err = |keys: &[&str], msg: String| problems.push(format!("{}: {msg}", loc.at(keys)));
+    if policy.name.trim().is_empty() {
+        err(&["name"], "name must not be empty".into());
+    }
+    if policy.targets.is_empty() {
+        err(&["targets"], "targets: name at least one target".into());
+    }
+    if !(0..=22).contains(&policy.compression) {
+        err(
+            &["compression"],
+            format!(
+                "compression {} is not a zstd level (0-22)",
+                policy.compression
+            ),
+        );
+    }
+    let Source::Files(files) = &mut policy.source;
+    if files.paths.is_empty() {
+        err(
+            &["source", "paths"],
+            "source.paths: give at least one path".into(),
+        );
+    }
+    for p in &mut files.paths {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    }
+    for (key, globs) in [("exclude", &files.exclude), ("include", &files.include)] {
+        for g in globs {
+            if let Err(e) = globset::Glob::new(g) {
+                err(&["source", key], format!("invalid glob '{g}': {e}"));
+            }
+        }
+    }
+    if let Some(s) = &policy.schedule {
+        for (key, msg) in schedule_problems(s) {
+            err(&["schedule", key], msg);
+        }
+    }
+    for (key, msg) in policy.retention.problems() {
+        err(&["retention", key], format!("retention: {msg}"));
+    }
     let mut targets = Vec::new();
     for name in &policy.targets {
-        let t = settings.targets.get(name).ok_or_else(|| {
-            err(format!(
-                "target '{name}' is not defined in {}",
-                settings_path.display()
-            ))
-        })?;
-        targets.push((name.clone(), t.clone()));
+        match settings.targets.get(name) {
+            Some(t) => targets.push((name.clone(), t.clone())),
+            // Not when backstop.toml did not parse: its problems are already reported.
+            None if settings_failed => {}
+            None => err(
+                &["targets"],
+                format!(
+                    "target '{name}' is not defined in {}",
+                    settings_path.display()
+                ),
+            ),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(LoadedPolicy {
         policy,
@@ -234,19 +488,40 @@ impl Policy {
     }
 }
 
-fn validate_schedule(s: &Schedule) -> std::result::Result<(), String> {
-    s.timezone.parse::<chrono_tz::Tz>().map_err(|_| {
-        format!(
-            "schedule.timezone '{}' is not a known time zone",
-            s.timezone
-        )
-    })?;
+/// Problems of a schedule, as (key, message). Cron expressions have six fields, seconds
+/// first (an optional seventh is the year); a five-field crontab line is refused with an
+/// explanation rather than guessed at.
+fn schedule_problems(s: &Schedule) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if s.timezone.parse::<chrono_tz::Tz>().is_err() {
+        out.push((
+            "timezone",
+            format!(
+                "schedule.timezone '{}' is not a known time zone",
+                s.timezone
+            ),
+        ));
+    }
     for (what, expr) in [("full", &s.full), ("incremental", &s.incremental)] {
-        if let Some(e) = expr {
-            cron::Schedule::from_str(e).map_err(|err| {
-                format!("schedule.{what} '{e}' is not a valid cron expression: {err}")
-            })?;
+        let Some(e) = expr else { continue };
+        let fields = e.split_whitespace().count();
+        if fields == 5 {
+            out.push((
+                what,
+                format!(
+                    "schedule.{what} '{e}' has 5 fields: backstop's cron expressions have six, \
+                     seconds first (sec min hour day-of-month month day-of-week), e.g. '0 {e}'"
+                ),
+            ));
+        } else if let Err(err) = cron::Schedule::from_str(e) {
+            out.push((
+                what,
+                format!(
+                    "schedule.{what} '{e}' is not a valid cron expression (six fields, seconds \
+                     first: sec min hour day-of-month month day-of-week): {err}"
+                ),
+            ));
         }
     }
-    Ok(())
+    out
 }

@@ -340,16 +340,48 @@ impl Repo {
             .map_err(|e| e.context(format!("tree {}", id.short())))
     }
 
-    /// Lists snapshots, oldest first; unreadable manifests are errors.
-    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut out = Vec::new();
+    /// Lists snapshots, oldest first. A manifest that cannot be read, authenticated or
+    /// decoded does not hide the others: it is logged as a warning naming it and returned in
+    /// [`SnapshotList::damaged`], for the callers that must act on it (verify reports it,
+    /// forget says it skipped it, prune refuses, `repair snapshots` sets it aside).
+    /// Listing the snapshot directory itself failing is still an error.
+    pub fn snapshots(&self) -> Result<SnapshotList> {
+        let mut out = SnapshotList::default();
         for l in self.storage.list("snapshots/")? {
-            let id = id_from_path(&l.path)?;
-            let snap = Snapshot::decode(&self.read_object(&l.path, &id)?)
-                .map_err(|e| e.context(format!("snapshot {}", id.short())))?;
-            out.push((id, snap));
+            let read = id_from_path(&l.path).and_then(|id| {
+                let plain = self.read_object(&l.path, &id)?;
+                Ok((id, Snapshot::decode(&plain)?))
+            });
+            match read {
+                Ok(s) => out.snapshots.push(s),
+                // Storage faults (the storage may be unreachable) are not damage.
+                Err(e)
+                    if e.kind() != ErrorKind::Corrupt && e.kind() != ErrorKind::WrongPassword =>
+                {
+                    return Err(e.context(format!("reading {}", l.path)));
+                }
+                Err(e) => {
+                    // Once per manifest and process, however often the list is read.
+                    static WARNED: std::sync::Mutex<Vec<String>> =
+                        std::sync::Mutex::new(Vec::new());
+                    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+                    if !warned.contains(&l.path) {
+                        warned.push(l.path.clone());
+                        tracing::warn!(
+                            "skipping damaged snapshot manifest {}: {} (`backstop repair snapshots` sets it aside)",
+                            l.path,
+                            crate::error::chain(&e)
+                        );
+                    }
+                    out.damaged.push(DamagedSnapshot {
+                        path: l.path,
+                        error: crate::error::chain(&e),
+                    });
+                }
+            }
         }
-        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.snapshots
+            .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(out)
     }
 
@@ -447,6 +479,55 @@ impl std::fmt::Display for SnapshotFilter {
             write!(f, " with paths {}", self.paths.join(", "))?;
         }
         Ok(())
+    }
+}
+
+/// A repository's snapshots: those that read back, oldest first, and the manifests that
+/// did not. Dereferences to the good ones; the damaged ones are never dropped silently
+/// ([`Repo::snapshots`] logs each).
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotList {
+    /// Readable snapshots, oldest first.
+    pub snapshots: Vec<(Id, Snapshot)>,
+    /// Manifests that could not be read, authenticated or decoded.
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
+/// A snapshot manifest that cannot be used.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DamagedSnapshot {
+    /// Its object path (`snapshots/<id>`).
+    pub path: String,
+    /// Why it cannot be used.
+    pub error: String,
+}
+
+impl std::ops::Deref for SnapshotList {
+    type Target = Vec<(Id, Snapshot)>;
+    fn deref(&self) -> &Self::Target {
+        &self.snapshots
+    }
+}
+
+impl std::ops::DerefMut for SnapshotList {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.snapshots
+    }
+}
+
+impl IntoIterator for SnapshotList {
+    type Item = (Id, Snapshot);
+    type IntoIter = std::vec::IntoIter<(Id, Snapshot)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.snapshots.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a SnapshotList {
+    type Item = &'a (Id, Snapshot);
+    type IntoIter = std::slice::Iter<'a, (Id, Snapshot)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.snapshots.iter()
     }
 }
 

@@ -92,6 +92,14 @@ pub fn run(
         blobs: index.entries().len(),
         ..Default::default()
     };
+    for d in &snapshots.damaged {
+        report.problems.push(Problem {
+            message: format!(
+                "snapshot manifest {} is damaged: {} (`backstop repair snapshots` sets it aside)",
+                d.path, d.error
+            ),
+        });
+    }
     let mut bad_blobs: HashSet<Id> = HashSet::new();
 
     // Indexed packs must exist with the indexed size.

@@ -13,6 +13,7 @@ mod integration {
     mod output;
     mod prune;
     mod restore;
+    mod retention;
     mod roundtrip;
     mod security;
 }

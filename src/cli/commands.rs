@@ -6,9 +6,11 @@ use serde_json::json;
 
 use super::output::{failure, json, note, outln, size, table, time, time_str, warn};
 use super::progress::Bar;
-use super::{BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepoArgs};
+use super::{
+    BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepairCommand, RepoArgs,
+};
 use crate::backup::BackupOptions;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Recorder, RepoKey};
 use crate::config::{self, PasswordSource};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{ChunkerParams, KdfParams};
@@ -27,16 +29,26 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn catalog(&self, url: Option<&str>) -> Result<Catalog> {
+    fn catalog_url(&self, url: Option<&str>) -> String {
         let g = &self.cli.global;
-        let url = match (&g.catalog, url) {
+        match (&g.catalog, url) {
             (Some(u), _) => u.clone(),
             (None, Some(u)) => u.to_string(),
             (None, None) => config::default_catalog_url(
                 &g.data_dir.clone().unwrap_or_else(config::default_data_dir),
             ),
-        };
-        Catalog::open(&url, self.rt.clone())
+        }
+    }
+
+    /// The catalog itself, for commands that are about it (`status`): failing is an error.
+    fn catalog(&self, url: Option<&str>) -> Result<Catalog> {
+        Catalog::open(&self.catalog_url(url), self.rt.clone())
+    }
+
+    /// The catalog as a recorder, for commands on repositories: an unusable catalog is a
+    /// warning, never a reason to stop (the repository is the source of truth).
+    fn recorder(&self, url: Option<&str>) -> Recorder {
+        Recorder::open(&self.catalog_url(url), self.rt.clone())
     }
 
     fn storage(&self, location: &str) -> Result<Storage> {
@@ -123,8 +135,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     chunker: ChunkerParams::default(),
                 },
             )?;
-            let cat = ctx.catalog(None)?;
-            cat.touch_repo(&r.config().id, r.storage().location())?;
+            ctx.recorder(None).with(|c| c.touch_repo(&RepoKey::of(&r)));
             if json_out {
                 json(
                     &json!({"id": r.config().id, "location": r.storage().location(), "encrypted": r.config().encrypted}),
@@ -195,7 +206,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             dry_run,
         } => {
             let r = ctx.open_repo(repo)?;
-            let cat = ctx.catalog(None)?;
+            let cat = ctx.recorder(None);
             let filter = latest.filter();
             let (sid, snap) = r.find_snapshot_for(snapshot, &filter)?;
             let sref = SnapshotRef::new(sid, &snap);
@@ -295,7 +306,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 _ => ReadData::None,
             };
             let r = ctx.open_repo(repo)?;
-            let cat = ctx.catalog(None)?;
+            let cat = ctx.recorder(None);
             let p = ctx.progress();
             let rep = jobs::verify(&cat, &r, read, retry_lock(repo)?, p.as_ref())?;
             if json_out {
@@ -335,17 +346,23 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             repo,
             keep,
             policy: policy_file,
+            target,
+            snapshots,
             timezone,
             dry_run,
             prune,
         } => forget(
             &ctx,
-            repo,
-            keep,
-            policy_file.as_deref(),
-            timezone.as_deref(),
-            *dry_run,
-            *prune,
+            &ForgetArgs {
+                repo,
+                keep,
+                policy_file: policy_file.as_deref(),
+                target: target.as_deref(),
+                ids: snapshots,
+                timezone: timezone.as_deref(),
+                dry_run: *dry_run,
+                prune: *prune,
+            },
         ),
         Command::Prune { repo, prune } => {
             let r = ctx.open_repo(repo)?;
@@ -355,13 +372,34 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 retry_lock: retry_lock(repo)?,
                 ..Default::default()
             };
-            let rep = jobs::prune(&ctx.catalog(None)?, &r, &opts)?;
+            let rep = jobs::prune(&ctx.recorder(None), &r, &opts)?;
             print_prune(&rep, prune.dry_run, json_out);
             Ok(())
         }
-        Command::Repair { repo, dry_run } => {
+        Command::Repair {
+            repo: parent_repo,
+            dry_run: parent_dry_run,
+            what,
+        } => {
+            let (repo, dry_run, snapshots) = match what {
+                None => (parent_repo.clone(), *parent_dry_run, false),
+                Some(RepairCommand::Index { repo, dry_run }) => (
+                    merged_repo_args(parent_repo, repo),
+                    *parent_dry_run || *dry_run,
+                    false,
+                ),
+                Some(RepairCommand::Snapshots { repo, dry_run }) => (
+                    merged_repo_args(parent_repo, repo),
+                    *parent_dry_run || *dry_run,
+                    true,
+                ),
+            };
+            let (repo, dry_run) = (&repo, &dry_run);
+            if snapshots {
+                return repair_snapshots(&ctx, repo, *dry_run);
+            }
             let r = ctx.open_repo(repo)?;
-            let rep = jobs::repair(&ctx.catalog(None)?, &r, *dry_run, retry_lock(repo)?)?;
+            let rep = jobs::repair(&ctx.recorder(None), &r, *dry_run, retry_lock(repo)?)?;
             if json_out {
                 json(&rep);
             } else {
@@ -424,39 +462,33 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             command: CatalogCommand::Rebuild { repo },
         } => {
             let r = ctx.open_repo(repo)?;
-            let n = jobs::rebuild_catalog(&ctx.catalog(None)?, &r)?;
+            let (cat, aside) = Catalog::open_or_replace(&ctx.catalog_url(None), ctx.rt.clone())?;
+            let list = jobs::rebuild_catalog(&cat, &r)?;
+            let n = list.len();
             if json_out {
-                json(&json!({"repository": r.config().id, "snapshots": n}));
+                json(
+                    &json!({"repository": r.config().id, "snapshots": n, "skipped": list.damaged, "broken_catalog_moved_to": aside}),
+                );
             } else {
+                if let Some(a) = &aside {
+                    outln!(
+                        "the old catalog could not be opened; it was moved to {}",
+                        a.display()
+                    );
+                }
                 outln!(
                     "catalog rebuilt: {n} snapshot(s) of repository {}",
                     r.config().id.short()
                 );
+                for d in &list.damaged {
+                    outln!("skipped damaged manifest {}: {}", d.path, d.error);
+                }
             }
             Ok(())
         }
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => {
-            let files = if files.is_empty() {
-                policy_files(Path::new("policies"))?
-            } else {
-                files.clone()
-            };
-            let mut results = Vec::new();
-            for f in &files {
-                let p = policy::load(f)?;
-                results
-                    .push(json!({"file": f, "name": p.policy.name, "targets": p.policy.targets}));
-                if !json_out {
-                    outln!("ok: {} ({})", f.display(), p.policy.name);
-                }
-            }
-            if json_out {
-                json(&results);
-            }
-            Ok(())
-        }
+        } => policy_check(files, json_out),
         Command::Demo { policy } => demo(&ctx, policy),
     }
 }
@@ -543,7 +575,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             )
         }
     };
-    let cat = ctx.catalog(catalog_url.as_deref())?;
+    let cat = ctx.recorder(catalog_url.as_deref());
     let mut results = Vec::new();
     let mut warnings = 0;
     for (name, repo) in &targets {
@@ -817,7 +849,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
             },
         )?
     };
-    let cat = ctx.catalog(lp.settings.catalog.as_ref().map(|c| c.url.as_str()))?;
+    let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
     let crate::policy::Source::Files(src) = &lp.policy.source;
     let opts = BackupOptions {
         paths: src.paths.clone(),
@@ -905,67 +937,249 @@ fn cat_location(ctx: &Ctx, lp: &policy::LoadedPolicy) -> String {
         })
 }
 
-fn forget(
-    ctx: &Ctx,
-    repo: &RepoArgs,
-    keep: &retention::KeepRules,
-    policy_file: Option<&Path>,
-    timezone: Option<&str>,
+struct ForgetArgs<'a> {
+    repo: &'a RepoArgs,
+    keep: &'a retention::KeepRules,
+    policy_file: Option<&'a Path>,
+    target: Option<&'a str>,
+    ids: &'a [String],
+    timezone: Option<&'a str>,
     dry_run: bool,
     prune: bool,
-) -> Result<()> {
-    let (rules, mut tz) = match policy_file {
-        Some(f) => {
-            let lp = policy::load(f)?;
-            (keep.merged_over(&lp.policy.retention), lp.policy.timezone())
-        }
-        None => (keep.clone(), chrono_tz::UTC),
+}
+
+fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
+    let lp = a.policy_file.map(policy::load).transpose()?;
+    let (rules, mut tz) = match &lp {
+        Some(lp) => (
+            a.keep.merged_over(&lp.policy.retention),
+            lp.policy.timezone(),
+        ),
+        None => (a.keep.clone(), chrono_tz::UTC),
     };
-    if let Some(t) = timezone {
+    if let Some(t) = a.timezone {
         tz = t
             .parse()
             .map_err(|_| Error::config(format!("--timezone '{t}' is not a known time zone")))?;
     }
-    if rules.is_empty() {
-        return Err(Error::config(
-            "no retention rule given (--keep-… or --policy with [retention]); nothing would be removed",
+    let sel = if a.ids.is_empty() {
+        if rules.is_empty() {
+            return Err(Error::config(
+                "no retention rule given (--keep-… or --policy with [retention]) and no SNAPSHOT named; nothing would be removed",
+            ));
+        }
+        crate::forget::Selection::Rules(&rules)
+    } else {
+        if !rules.is_empty() || a.policy_file.is_some() {
+            return Err(Error::config(
+                "give either SNAPSHOT ids or retention rules (--keep-…, --policy), not both",
+            ));
+        }
+        crate::forget::Selection::Ids(a.ids)
+    };
+    // Which repositories: --repo, else the policy's targets (or the one --target names).
+    let mut repos: Vec<(String, Repo)> = Vec::new();
+    match (&lp, a.repo.repo.is_some()) {
+        (Some(lp), false) => {
+            let chosen: Vec<&(String, policy::Target)> = match a.target {
+                Some(name) => {
+                    let t = lp.targets.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                        Error::config(format!(
+                            "--target {name}: the policy's targets are {}",
+                            lp.policy.targets.join(", ")
+                        ))
+                    })?;
+                    vec![t]
+                }
+                None => lp.targets.iter().collect(),
+            };
+            for (name, t) in chosen {
+                let storage = ctx.storage(&t.repo)?;
+                let pw = t.password.clone();
+                let pw = if pw.is_empty() {
+                    password_source(a.repo)
+                } else {
+                    pw
+                };
+                let r = Repo::open(storage, || pw.read())
+                    .map_err(|e| e.context(format!("target {name}")))?;
+                repos.push((name.clone(), r));
+            }
+        }
+        (_, _) => {
+            if a.target.is_some() && a.repo.repo.is_some() {
+                return Err(Error::config("give --repo or --target, not both"));
+            }
+            repos.push(("repository".into(), ctx.open_repo(a.repo)?));
+        }
+    }
+    let cat = ctx.recorder(
+        lp.as_ref()
+            .and_then(|lp| lp.settings.catalog.as_ref())
+            .map(|c| c.url.as_str()),
+    );
+    let mut skipped = 0;
+    let mut all_json = Vec::new();
+    for (name, r) in &repos {
+        let rep = jobs::forget(&cat, r, sel, &tz, a.dry_run, retry_lock(a.repo)?)
+            .map_err(|e| e.context(format!("forget in {name}")))?;
+        let removed = rep.removed().len();
+        skipped += rep.skipped.len();
+        if ctx.cli.global.json {
+            all_json.push(json!({"target": name, "location": r.storage().location(), "decisions": rep.decisions, "skipped": rep.skipped}));
+        } else {
+            if repos.len() > 1 || lp.is_some() {
+                outln!("{name} ({}):", r.storage().location());
+            }
+            let rows: Vec<Vec<String>> = rep
+                .decisions
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.id.short(),
+                        time(&f.snapshot.time),
+                        f.snapshot.hostname.clone(),
+                        f.snapshot.paths.join(", "),
+                        if f.decision.keep {
+                            format!("keep ({})", f.decision.reasons.join(", "))
+                        } else {
+                            "remove".into()
+                        },
+                    ]
+                })
+                .collect();
+            table(&["ID", "Time", "Host", "Paths", "Decision"], &rows);
+            let verb = if a.dry_run { "would remove" } else { "removed" };
+            outln!("{verb} {removed} of {} snapshot(s)", rep.decisions.len());
+            for d in &rep.skipped {
+                outln!(
+                    "skipped damaged manifest {} (neither kept nor removed): {}",
+                    d.path,
+                    d.error
+                );
+            }
+        }
+        if a.prune {
+            let opts = PruneOptions {
+                dry_run: a.dry_run,
+                retry_lock: retry_lock(a.repo)?,
+                ..Default::default()
+            };
+            let rep = jobs::prune(&cat, r, &opts)?;
+            print_prune(&rep, a.dry_run, ctx.cli.global.json);
+        }
+    }
+    if ctx.cli.global.json {
+        json(&all_json);
+    }
+    if skipped > 0 {
+        return Err(Error::new(
+            ErrorKind::Partial,
+            format!(
+                "{skipped} damaged snapshot manifest(s) skipped (see `backstop repair snapshots`)"
+            ),
         ));
     }
-    let r = ctx.open_repo(repo)?;
-    let cat = ctx.catalog(None)?;
-    let decided = jobs::forget(&cat, &r, &rules, &tz, dry_run, retry_lock(repo)?)?;
-    let removed = decided.iter().filter(|f| !f.decision.keep).count();
-    if ctx.cli.global.json {
-        json(&decided);
-    } else {
-        let rows: Vec<Vec<String>> = decided
-            .iter()
-            .map(|f| {
-                vec![
-                    f.id.short(),
-                    time(&f.snapshot.time),
-                    f.snapshot.hostname.clone(),
-                    f.snapshot.paths.join(", "),
-                    if f.decision.keep {
-                        format!("keep ({})", f.decision.reasons.join(", "))
-                    } else {
-                        "remove".into()
-                    },
-                ]
-            })
-            .collect();
-        table(&["ID", "Time", "Host", "Paths", "Decision"], &rows);
-        let verb = if dry_run { "would remove" } else { "removed" };
-        outln!("{verb} {removed} of {} snapshot(s)", decided.len());
+    Ok(())
+}
+
+/// The repository arguments of `repair SUBCOMMAND`, falling back on those given before it.
+fn merged_repo_args(parent: &RepoArgs, child: &RepoArgs) -> RepoArgs {
+    RepoArgs {
+        repo: child.repo.clone().or_else(|| parent.repo.clone()),
+        retry_lock: child
+            .retry_lock
+            .clone()
+            .or_else(|| parent.retry_lock.clone()),
+        password_file: child
+            .password_file
+            .clone()
+            .or_else(|| parent.password_file.clone()),
+        password_command: child
+            .password_command
+            .clone()
+            .or_else(|| parent.password_command.clone()),
+        no_lock: child.no_lock || parent.no_lock,
     }
-    if prune {
-        let opts = PruneOptions {
-            dry_run,
-            retry_lock: retry_lock(repo)?,
-            ..Default::default()
-        };
-        let rep = jobs::prune(&cat, &r, &opts)?;
-        print_prune(&rep, dry_run, ctx.cli.global.json);
+}
+
+fn repair_snapshots(ctx: &Ctx, repo: &RepoArgs, dry_run: bool) -> Result<()> {
+    let r = ctx.open_repo(repo)?;
+    let rep = jobs::repair_snapshots(&ctx.recorder(None), &r, dry_run, retry_lock(repo)?)?;
+    if ctx.cli.global.json {
+        json(&rep);
+        return Ok(());
+    }
+    for d in &rep.set_aside {
+        let name = d.path.rsplit('/').next().unwrap_or(&d.path);
+        if dry_run {
+            outln!(
+                "would move {} to damaged/snapshots/{name}: {}",
+                d.path,
+                d.error
+            );
+        } else {
+            outln!("moved {} to damaged/snapshots/{name}: {}", d.path, d.error);
+        }
+    }
+    outln!(
+        "{} snapshot manifest(s) intact, {} damaged{}",
+        rep.intact,
+        rep.set_aside.len(),
+        if dry_run && !rep.set_aside.is_empty() {
+            " (nothing moved: dry run)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `policy check`: every file, every problem; exit 2 if there is any.
+fn policy_check(files: &[std::path::PathBuf], json_out: bool) -> Result<()> {
+    let files = if files.is_empty() {
+        let mut f = policy_files(Path::new("policies"))?;
+        let settings = Path::new("policies").join("backstop.toml");
+        if settings.exists() {
+            f.insert(0, settings);
+        }
+        f
+    } else {
+        files.to_vec()
+    };
+    let mut results = Vec::new();
+    let mut problems = 0;
+    let mut seen = std::collections::HashSet::new();
+    for f in &files {
+        let checked = policy::check(f);
+        match &checked {
+            Ok(what) => {
+                if !json_out {
+                    outln!("ok: {} ({what})", f.display());
+                }
+                results.push(json!({"file": f, "ok": true, "what": what}));
+            }
+            Err(errs) => {
+                // A policy reports its backstop.toml's problems too: each is printed once.
+                for e in errs {
+                    if !seen.contains(e) {
+                        seen.insert(e.clone());
+                        problems += 1;
+                        note(format_args!("error: {e}"));
+                    }
+                }
+                results.push(json!({"file": f, "ok": false, "problems": errs}));
+            }
+        }
+    }
+    if json_out {
+        json(&results);
+    }
+    if problems > 0 {
+        return Err(Error::config(format!(
+            "{problems} problem(s) in {} file(s)",
+            results.iter().filter(|r| r["ok"] == false).count()
+        )));
     }
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! most recent periods that have one, periods taken in the given time zone. `keep-within`
 //! keeps everything newer than `now - duration`; `keep-tag` keeps snapshots with a tag.
 //! A snapshot no rule keeps is removed. With no rule at all, nothing is removed.
+//!
+//! Guards against rules that keep nothing: a count of 0 is rejected where it is written
+//! (flags, policy files), and a rule set that would remove every snapshot of a group is
+//! refused as a whole (nothing removed) unless `allow-empty` is set.
 
 use std::collections::BTreeMap;
 
@@ -21,25 +25,25 @@ use crate::repo::Id;
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct KeepRules {
     /// Keep the N most recent snapshots.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_last: Option<u32>,
     /// Keep the newest snapshot of each of the last N hours that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_hourly: Option<u32>,
     /// Keep the newest snapshot of each of the last N days that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_daily: Option<u32>,
     /// Keep the newest snapshot of each of the last N ISO weeks that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_weekly: Option<u32>,
     /// Keep the newest snapshot of each of the last N months that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_monthly: Option<u32>,
     /// Keep the newest snapshot of each of the last N quarters that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_quarterly: Option<u32>,
     /// Keep the newest snapshot of each of the last N years that have one.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_yearly: Option<u32>,
     /// Keep every snapshot newer than this (e.g. 36h, 14d, 2w).
     #[arg(long, value_name = "DURATION")]
@@ -48,12 +52,18 @@ pub struct KeepRules {
     #[arg(long = "keep-tag", value_name = "TAG")]
     #[serde(rename = "keep-tag")]
     pub keep_tags: Vec<String>,
+    /// Allow the rules to remove every snapshot of a group (refused otherwise).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 impl KeepRules {
     /// Whether no rule is set.
     pub fn is_empty(&self) -> bool {
-        *self == KeepRules::default()
+        KeepRules {
+            allow_empty: false,
+            ..self.clone()
+        } == KeepRules::default()
     }
 
     /// Rules from flags override the same rules from a policy file, one by one.
@@ -75,15 +85,44 @@ impl KeepRules {
             } else {
                 self.keep_tags.clone()
             },
+            allow_empty: self.allow_empty || base.allow_empty,
         }
     }
 
-    /// Checks values (durations parse).
-    pub fn validate(&self) -> Result<()> {
-        if let Some(d) = &self.keep_within {
-            parse_duration(d)?;
+    /// Every bad value, as (key as written in a policy file, message): counts of 0 (which
+    /// would keep nothing) and durations that do not parse.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (key, n) in [
+            ("keep-last", self.keep_last),
+            ("keep-hourly", self.keep_hourly),
+            ("keep-daily", self.keep_daily),
+            ("keep-weekly", self.keep_weekly),
+            ("keep-monthly", self.keep_monthly),
+            ("keep-quarterly", self.keep_quarterly),
+            ("keep-yearly", self.keep_yearly),
+        ] {
+            if n == Some(0) {
+                out.push((
+                    key,
+                    format!("{key} = 0 keeps nothing: give at least 1, or leave the rule out"),
+                ));
+            }
         }
-        Ok(())
+        if let Some(d) = &self.keep_within
+            && let Err(e) = parse_duration(d)
+        {
+            out.push(("keep-within", format!("keep-within: {e}")));
+        }
+        out
+    }
+
+    /// Checks values: no count of 0, durations parse.
+    pub fn validate(&self) -> Result<()> {
+        match self.problems().into_iter().next() {
+            Some((_, msg)) => Err(Error::config(msg)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -245,6 +284,17 @@ pub fn decide<Z: TimeZone>(
                 if rules.keep_tags.contains(t) {
                     reasons[i].push(format!("tag {t}"));
                 }
+            }
+        }
+    }
+    if !rules.allow_empty {
+        for (group, members) in &groups {
+            if members.iter().all(|&i| reasons[i].is_empty()) {
+                return Err(Error::config(format!(
+                    "refusing to remove all {} snapshot(s) of group '{group}': the rules keep none of them \
+                     (give --allow-empty, or allow-empty = true in [retention], if that is meant)",
+                    members.len()
+                )));
             }
         }
     }

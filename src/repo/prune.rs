@@ -297,7 +297,18 @@ fn mark_path(pack: &Id) -> String {
 /// Every blob (trees and chunks) the repository's snapshots reference.
 pub fn used_blobs(repo: &Repo, index: &Index) -> Result<HashSet<Id>> {
     let mut used = HashSet::new();
-    let mut stack: Vec<Id> = repo.snapshots()?.into_iter().map(|(_, s)| s.tree).collect();
+    let list = repo.snapshots()?;
+    // A manifest that cannot be read still references data nobody can see: deleting by
+    // "unreferenced" would be a guess. Refuse until `repair snapshots` has set it aside.
+    if !list.damaged.is_empty() {
+        let names: Vec<&str> = list.damaged.iter().map(|d| d.path.as_str()).collect();
+        return Err(crate::error::Error::corrupt(format!(
+            "cannot tell what {} damaged snapshot manifest(s) reference ({}): run `backstop repair snapshots` to set them aside first",
+            names.len(),
+            names.join(", ")
+        )));
+    }
+    let mut stack: Vec<Id> = list.into_iter().map(|(_, s)| s.tree).collect();
     while let Some(tree) = stack.pop() {
         if !used.insert(tree) {
             continue;

@@ -1,5 +1,7 @@
-//! Repair: rebuild the index from the packs themselves.
+//! Repair: rebuild the index from the packs themselves ([`run`], `repair index`), and set
+//! aside snapshot manifests that cannot be read ([`snapshots`], `repair snapshots`).
 //!
+//! Index repair:
 //! Every pack is read and checked. Intact packs are indexed from their own headers. From a
 //! damaged pack (its bytes no longer match its name), blobs that still verify are copied
 //! into a new pack and the damaged pack is moved to `damaged/` (kept for forensics, never
@@ -125,6 +127,42 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
         let bytes = st.read(&pack::path(id))?;
         st.write(&format!("damaged/{id}"), bytes)?;
         st.delete(&pack::path(id))?;
+    }
+    Ok(report)
+}
+
+/// What `repair snapshots` found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotRepairReport {
+    /// Manifests read back intact.
+    pub intact: usize,
+    /// Manifests that failed to read, authenticate or decode, each moved from
+    /// `snapshots/<id>` to `damaged/snapshots/<id>` (unless a dry run).
+    pub set_aside: Vec<crate::repo::DamagedSnapshot>,
+}
+
+/// Moves every snapshot manifest that cannot be read, authenticated or decoded to
+/// `damaged/snapshots/<id>`, byte for byte: nothing is rewritten or deleted, so it stays
+/// available for forensics, and every other command stops warning about it. Unlike restic's
+/// `repair snapshots` nothing is salvaged from it (its tree id is unreadable). Holds the
+/// exclusive lock so no backup is committing a manifest meanwhile.
+pub fn snapshots(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<SnapshotRepairReport> {
+    let lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
+    let list = repo.snapshots()?;
+    let mut report = SnapshotRepairReport {
+        intact: list.snapshots.len(),
+        set_aside: Vec::new(),
+    };
+    let st = repo.storage();
+    for d in list.damaged {
+        if !dry_run {
+            lock.check()?;
+            let name = d.path.rsplit('/').next().unwrap_or(&d.path);
+            let bytes = st.read(&d.path)?;
+            st.write(&format!("damaged/snapshots/{name}"), bytes)?;
+            st.delete(&d.path)?;
+        }
+        report.set_aside.push(d);
     }
     Ok(report)
 }

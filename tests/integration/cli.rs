@@ -118,7 +118,7 @@ fn every_example_policy_is_valid_and_bad_ones_name_line_and_column() {
     let dir = env.path("policies");
     write(
         &dir.join("backstop.toml"),
-        b"[targets.local]\nrepo = \"/tmp/x\"\n",
+        b"[targets.local]\nrepo = \"/tmp/x\"\npassword-env = \"PW\"\n",
     );
     write(&dir.join("bad.toml"), b"name = \"x\"\ntargets = [\"local\"]\n[source]\nkind = \"files\"\npaths = [\"/etc\"]\nexclude-typo = []\n");
     let out = env
@@ -129,9 +129,9 @@ fn every_example_policy_is_valid_and_bad_ones_name_line_and_column() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    // toml reports an unknown key at the table that holds it.
+    // An unknown key is reported at its own line, not its table's.
     assert!(
-        err.contains("bad.toml:3:1") && err.contains("unknown field `exclude-typo`"),
+        err.contains("bad.toml:6:1") && err.contains("unknown field `exclude-typo`"),
         "{err}"
     );
 

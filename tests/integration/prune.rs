@@ -67,8 +67,10 @@ fn forget_dry_run_matches_the_real_run() {
     ];
     let dry = json(env.run(&args).arg("--dry-run"));
     let real = json(&mut env.run(&args));
+    // One entry per repository, each with its decisions.
     let decisions = |v: &serde_json::Value| -> Vec<(String, bool)> {
-        v.as_array()
+        v[0]["decisions"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|f| {
@@ -132,7 +134,9 @@ fn a_mark_is_lifted_when_a_new_backup_uses_the_pack_again() {
     env.init();
     write(&src.join("a.bin"), &noise(7, 2 << 20));
     env.backup(&src, &[]);
-    env.run(&["forget", "--keep-last", "0"]).assert().success();
+    env.run(&["forget", "--keep-within", "0s", "--allow-empty"])
+        .assert()
+        .success();
     json(env.run(&["prune", "--json"])); // marks the pack of a.bin
     // The same data is backed up again: it dedups against the marked pack.
     env.backup(&src, &["--full"]);
@@ -190,7 +194,9 @@ fn prune_waits_for_a_running_backup_and_loses_nothing() {
         write(&src.join(format!("f{i}")), &noise(300 + i, 8 << 20));
     }
     env.backup(&src, &[]);
-    env.run(&["forget", "--keep-last", "0"]).assert().success();
+    env.run(&["forget", "--keep-within", "0s", "--allow-empty"])
+        .assert()
+        .success();
     // Mark first: every pack now waits for deletion, and a sweeping prune would delete
     // them all unless it sees the running backup's snapshot that uses them again.
     let marked = json(env.run(&["prune", "--json"]));

@@ -84,8 +84,6 @@ const NOW: &str = "2026-11-21T12:00:00Z";
 #[case(&["2026-11-20T10:00:00Z", "2026-11-21T10:00:00Z"], "daily=1 weekly=1 monthly=1", "UTC", &[1])]
 // Groups (host and paths) are independent.
 #[case(&["2026-11-20T10:00:00Z@a", "2026-11-21T10:00:00Z@a", "2026-11-19T10:00:00Z@b"], "last=1", "UTC", &[1, 2])]
-// keep-last 0 is a rule that keeps nothing.
-#[case(&["2026-11-20T10:00:00Z"], "last=0", "UTC", &[])]
 // Days in a time zone: 15:30Z and 16:30Z are one UTC day but two Shanghai days.
 #[case(&["2026-11-20T15:30:00Z", "2026-11-20T16:30:00Z"], "daily=2", "UTC", &[1])]
 #[case(&["2026-11-20T15:30:00Z", "2026-11-20T16:30:00Z"], "daily=2", "Asia/Shanghai", &[0, 1])]
@@ -157,4 +155,65 @@ fn reasons_name_every_rule() {
     )
     .unwrap();
     assert_eq!(d[0].reasons, ["last", "daily", "tag x"]);
+}
+
+#[rstest]
+#[case("last=0", "keep-last")]
+#[case("daily=0", "keep-daily")]
+#[case("hourly=0 weekly=3", "keep-hourly")]
+#[case("yearly=0", "keep-yearly")]
+#[case("within=5x", "keep-within")]
+fn zero_keep_counts_are_rejected(#[case] spec: &str, #[case] key: &str) {
+    let r = rules(spec);
+    let problems = r.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].0, key);
+    let err = decide(&[], &r, &chrono_tz::UTC, NOW.parse().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+}
+
+fn two_old_snapshots() -> Vec<Candidate> {
+    (0..2u8)
+        .map(|i| Candidate {
+            id: Id([i; 32]),
+            time: format!("2026-11-1{i}T10:00:00Z").parse().unwrap(),
+            group: "g".into(),
+            tags: vec![],
+        })
+        .collect()
+}
+
+#[test]
+fn rules_that_remove_every_snapshot_of_a_group_are_refused() {
+    let snaps = two_old_snapshots();
+    let err = decide(
+        &snaps,
+        &rules("within=1h"),
+        &chrono_tz::UTC,
+        NOW.parse().unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), crate::error::ErrorKind::Config);
+    assert!(err.to_string().contains("group 'g'"), "{err}");
+    // A tag nobody has keeps nothing either.
+    assert!(
+        decide(
+            &snaps,
+            &rules("tag=none"),
+            &chrono_tz::UTC,
+            NOW.parse().unwrap()
+        )
+        .is_err()
+    );
+    // Allowed explicitly: every snapshot is removed.
+    let mut r = rules("within=1h");
+    r.allow_empty = true;
+    let d = decide(&snaps, &r, &chrono_tz::UTC, NOW.parse().unwrap()).unwrap();
+    assert!(d.iter().all(|d| !d.keep));
+    // allow-empty alone is no rule: nothing is removed.
+    let only = KeepRules {
+        allow_empty: true,
+        ..Default::default()
+    };
+    assert!(only.is_empty());
 }
