@@ -182,12 +182,29 @@ pub fn load(path: &Path) -> Result<LoadedPolicy> {
         return Err(err("source.paths: give at least one path".into()));
     }
     for p in &mut files.paths {
-        if p.is_relative() {
-            *p = dir.join(&*p);
+        if p.as_os_str().is_empty() {
+            return Err(err("source.paths: an empty path".into()));
         }
+        // Normalized as backups record them, so the policy's group is the same whichever
+        // way a path is written (`t1/c/`, `t1/a/../c`).
+        let joined = if p.is_relative() {
+            dir.join(&*p)
+        } else {
+            p.clone()
+        };
+        *p = crate::source::files::normalize(&joined)
+            .map_err(|e| err(format!("source.paths: {}: {e}", joined.display())))?;
     }
-    for g in files.exclude.iter().chain(&files.include) {
-        globset::Glob::new(g).map_err(|e| err(format!("invalid glob '{g}': {e}")))?;
+    for (key, globs) in [("exclude", &files.exclude), ("include", &files.include)] {
+        for g in globs {
+            if g.trim().is_empty() {
+                return Err(err(format!(
+                    "source.{key}: empty pattern '{g}' (it would match every path)"
+                )));
+            }
+            globset::Glob::new(g)
+                .map_err(|e| err(format!("source.{key}: invalid glob '{g}': {e}")))?;
+        }
     }
     if let Some(s) = &policy.schedule {
         validate_schedule(s).map_err(err)?;

@@ -637,7 +637,7 @@ fn make_special(path: &Path, node: &Node, out: &mut RestoreOutcome) -> Result<()
 
 /// Ownership (as root), permissions, xattrs, then times — in that order, since chown clears
 /// setuid bits and every other change touches the times.
-fn apply_metadata(path: &Path, node: &Node, warnings: &mut Vec<String>) {
+pub(crate) fn apply_metadata(path: &Path, node: &Node, warnings: &mut Vec<String>) {
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     let is_link = node.kind == NodeKind::Symlink;

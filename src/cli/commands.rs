@@ -481,6 +481,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             for w in &o.warnings {
                 eprintln!("warning: {w}");
             }
+            for n in &o.notes {
+                eprintln!("note: {n}");
+            }
             println!(
                 "snapshot {} saved to {name} ({}): {} files ({} read, {} unchanged), {} dirs, {} total, {} new, {} stored in {} packs, {:.1}s",
                 o.id.short(),
@@ -497,7 +500,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             );
         }
         results.push(
-            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings}),
+            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings, "notes": o.notes}),
         );
     }
     if ctx.cli.global.json {

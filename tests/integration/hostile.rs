@@ -77,6 +77,7 @@ fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> (Id, Vec<Id>) {
         source: "files".into(),
         paths: vec!["/".into()],
         tree: ids[0],
+        root: None,
         parent: None,
         kind: BackupKind::Full,
         policy: None,
