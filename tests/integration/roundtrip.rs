@@ -162,7 +162,8 @@ fn every_kind_of_entry_round_trips() {
     env.backup(&src, &[]);
     // The socket is in the snapshot.
     let ls = env.run(&["ls", "latest", "--json"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&ls.stdout).contains("\"sock\""));
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(listed.contains("\"/sock\""), "{listed}");
     let (out, err) = restore_with_stderr(&env, "latest", "out");
     assert_same_tree_but_sockets(&src, &out);
     assert!(
