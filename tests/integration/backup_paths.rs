@@ -436,6 +436,8 @@ fn pseudo_file_systems_inside_a_tree_are_not_read() {
             .run(&["backup", "--json"])
             .args(flags)
             .arg(&src)
+            // Reading /proc would take long: a bound, so the test fails instead of hanging.
+            .timeout(std::time::Duration::from_secs(60))
             .output()
             .unwrap();
         let err = stderr(&out);

@@ -203,6 +203,12 @@ fn several_paths_round_trip_with_their_absolute_layout() {
     let other = env.path("other/conf");
     write(&other.join("app.conf"), b"key = value\n");
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A directory on the way to a given path, with metadata of its own.
+    let way = env.path("other");
+    std::fs::set_permissions(&way, std::fs::Permissions::from_mode(0o711)).unwrap();
+    xattr::set(&way, "user.way", b"on the way").unwrap();
+    let t = filetime::FileTime::from_unix_time(1_234_567_890, 5);
+    filetime::set_file_mtime(&way, t).unwrap();
     let single = env.path("single.txt");
     write(&single, b"one file");
     report_unchecked();
@@ -227,8 +233,11 @@ fn several_paths_round_trip_with_their_absolute_layout() {
     assert_eq!(own_metadata(&at(&other)), own_metadata(&other));
     assert_eq!(std::fs::read(at(&single)).unwrap(), b"one file");
     // Directories on the way keep their own metadata too.
-    let scratch = env.dir.path();
-    assert_eq!(own_metadata(&at(scratch)).0, own_metadata(scratch).0);
+    assert_eq!(
+        own_metadata(&at(&way)),
+        own_metadata(&way),
+        "a directory on the way"
+    );
     let v = env.run(&["verify", "--read-data"]).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
