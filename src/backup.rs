@@ -11,7 +11,8 @@
 //! uploaded and read back, the index is written, then the snapshot manifest (the commit).
 //! A failure anywhere stops the backup before the manifest: no partial snapshot is visible.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::OsString;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -69,16 +70,22 @@ pub struct BackupOutcome {
     pub id: Id,
     /// The new snapshot.
     pub snapshot: Snapshot,
-    /// Files that could not be read or changed while read.
+    /// Files that could not be read or changed while read, missing paths, paths of which
+    /// nothing was stored: each makes the backup partial.
     pub warnings: Vec<String>,
+    /// What was left out by design (pseudo file systems' content), for the operator.
+    pub notes: Vec<String>,
 }
 
 /// Runs a backup of `opts.paths` into `repo`.
 pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupOutcome> {
     let started = Instant::now();
     let time = chrono::Utc::now();
-    let roots = resolve_roots(&opts.paths)?;
-    let paths: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    let Roots {
+        paths: roots,
+        recorded: paths,
+        warnings: missing,
+    } = resolve_roots(&opts.paths)?;
     let lock = crate::repo::lock::acquire(repo.storage(), false, "backup", opts.retry_lock)?;
     crate::failpoint::hit("after-lock");
     let mut index = repo.load_index()?;
@@ -121,10 +128,13 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         opts.threads
     };
     let shared = Shared::new(repo.clone(), index, &lock, opts, progress)?;
+    for w in missing {
+        shared.warn(w);
+    }
     let (blob_tx, blob_rx) = bounded::<Blob>(threads);
     let (job_tx, job_rx) = unbounded::<FileJob>();
 
-    let tree_id = std::thread::scope(|s| -> Result<Id> {
+    let tree_id = std::thread::scope(|s| -> Result<(Id, Option<Node>)> {
         let sh = &shared;
         for _ in 0..threads {
             let (rx, tx) = (job_rx.clone(), blob_tx.clone());
@@ -136,12 +146,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
             sealers.push(s.spawn(move || sealer(sh, rx)));
         }
         drop((job_rx, blob_rx));
-        let walker = Walker {
-            sh,
-            jobs: job_tx,
-            blobs: blob_tx.clone(),
-            pending: std::cell::Cell::new(0),
-        };
+        let walker = Walker::new(sh, job_tx, blob_tx.clone(), &roots, paths.len() > 1);
         let walked = std::thread::Builder::new()
             .stack_size(64 << 20)
             .spawn_scoped(s, move || walker.walk_roots(&roots, parent_tree))
@@ -165,7 +170,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         lock.check()?;
         return Err(e);
     }
-    let tree = tree_id?;
+    let (tree, root) = tree_id?;
     let packs = shared.written.into_inner().expect("packs lock");
     let c = &shared.counters;
     let summary = Summary {
@@ -190,6 +195,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         crate::failpoint::hit("after-index");
     }
     let warnings = shared.warnings.into_inner().expect("warnings lock");
+    let notes = shared.notes.into_inner().expect("notes lock");
     let mut snapshot = Snapshot {
         version: 1,
         time,
@@ -198,6 +204,7 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         source: "files".into(),
         paths,
         tree,
+        root: root.map(Box::new),
         parent: parent.map(|(id, _)| id),
         kind: if opts.full {
             BackupKind::Full
@@ -224,31 +231,62 @@ pub fn run(repo: &Repo, opts: &BackupOptions, progress: &dyn Progress) -> Result
         id,
         snapshot,
         warnings,
+        notes,
     })
 }
 
-/// Paths must exist; several paths must have distinct names (they become the root's entries).
-fn resolve_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The paths of one backup, normalized.
+struct Roots {
+    /// Paths that exist: absolute, cleaned ([`files::normalize`]), sorted, each once.
+    paths: Vec<PathBuf>,
+    /// What the snapshot records (and parent selection and retention group by): every
+    /// normalized path given, so `t1/c`, `t1/c/` and `t1/a/../c` are one group, and a path
+    /// missing this time does not start a new group.
+    recorded: Vec<String>,
+    /// One per path that does not exist (when others do).
+    warnings: Vec<String>,
+}
+
+/// Normalizes the paths before anything is read. One missing path is an error; a missing
+/// path among several is a warning (the others are backed up; the backup is partial), as
+/// in restic and borg.
+fn resolve_roots(paths: &[PathBuf]) -> Result<Roots> {
     if paths.is_empty() {
         return Err(Error::config("nothing to back up: give at least one path"));
     }
-    let mut out = Vec::new();
-    let mut names = HashSet::new();
+    let mut norm = Vec::with_capacity(paths.len());
     for p in paths {
-        let abs = std::path::absolute(p).map_err(|e| Error::io("resolving", p, e))?;
-        std::fs::symlink_metadata(&abs).map_err(|e| Error::io("reading", &abs, e))?;
-        if paths.len() > 1 {
-            let name = abs.file_name().map(|n| n.to_owned()).unwrap_or_default();
-            if !names.insert(name) {
-                return Err(Error::config(format!(
-                    "two paths share the name {:?}; back them up separately",
-                    abs.file_name().unwrap_or_default()
-                )));
-            }
+        if p.as_os_str().is_empty() {
+            return Err(Error::config("an empty path was given to back up"));
         }
-        out.push(abs);
+        norm.push(files::normalize(p).map_err(|e| Error::io("resolving", p, e))?);
     }
-    Ok(out)
+    norm.sort();
+    norm.dedup();
+    let recorded = norm.iter().map(|p| p.display().to_string()).collect();
+    let several = norm.len() > 1;
+    let (mut existing, mut warnings) = (Vec::new(), Vec::new());
+    for p in norm {
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => existing.push(p),
+            Err(e) if several => warnings.push(format!(
+                "skipped: {}",
+                crate::error::chain(&Error::io("reading", &p, e))
+            )),
+            Err(e) => return Err(Error::io("reading", &p, e)),
+        }
+    }
+    if existing.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("none of the paths can be read: {}", warnings.join("; ")),
+        ));
+    }
+    Ok(Roots {
+        paths: existing,
+        recorded,
+        warnings,
+    })
 }
 
 fn username() -> String {
@@ -282,10 +320,11 @@ struct Shared<'a> {
     upload_slots: (Receiver<()>, Sender<()>),
     written: Mutex<Vec<IndexPack>>,
     warnings: Mutex<Vec<String>>,
+    notes: Mutex<Vec<String>>,
     error: Mutex<Option<Error>>,
     counters: Counters,
-    excludes: GlobSet,
-    includes: Option<GlobSet>,
+    excludes: Patterns,
+    includes: Option<Patterns>,
     lock: &'a LockGuard,
     opts: &'a BackupOptions,
     progress: &'a dyn Progress,
@@ -302,7 +341,7 @@ impl<'a> Shared<'a> {
         let includes = if opts.includes.is_empty() {
             None
         } else {
-            Some(globs(&opts.includes)?)
+            Some(Patterns::new("--include", &opts.includes)?)
         };
         Ok(Shared {
             packer: Mutex::new(Packer::new(repo.config().pack_size as usize)),
@@ -319,9 +358,10 @@ impl<'a> Shared<'a> {
             added: Mutex::new(HashSet::new()),
             written: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
+            notes: Mutex::new(Vec::new()),
             error: Mutex::new(None),
             counters: Counters::default(),
-            excludes: globs(&opts.excludes)?,
+            excludes: Patterns::new("--exclude", &opts.excludes)?,
             includes,
             lock,
             opts,
@@ -334,9 +374,16 @@ impl<'a> Shared<'a> {
         !self.index.contains(&id) && self.added.lock().expect("added lock").insert(id)
     }
 
+    /// Records a warning; the caller prints the outcome's warnings, so it is logged only at
+    /// info level here (printed once, not twice).
     fn warn(&self, msg: String) {
-        tracing::warn!("{msg}");
+        tracing::info!("warning: {msg}");
         self.warnings.lock().expect("warnings lock").push(msg);
+    }
+
+    fn note(&self, msg: String) {
+        tracing::info!("note: {msg}");
+        self.notes.lock().expect("notes lock").push(msg);
     }
 
     fn fail(&self, e: Error) {
@@ -371,20 +418,51 @@ impl<'a> Shared<'a> {
     }
 }
 
-fn globs(patterns: &[String]) -> Result<GlobSet> {
-    let mut b = GlobSetBuilder::new();
-    for p in patterns {
-        b.add(Glob::new(p).map_err(|e| Error::config(format!("invalid glob '{p}': {e}")))?);
-        // `dir/*` should also leave out `dir` itself; `*.log` matches at any depth.
-        if !p.starts_with('/') && !p.starts_with("**/") {
-            b.add(
-                Glob::new(&format!("**/{p}"))
-                    .map_err(|e| Error::config(format!("invalid glob '{p}': {e}")))?,
-            );
+/// Glob patterns of one kind (`--exclude` or `--include`), remembering which pattern each
+/// glob came from so a warning can name it.
+struct Patterns {
+    flag: &'static str,
+    set: GlobSet,
+    /// For each glob of `set`, its pattern.
+    source: Vec<String>,
+}
+
+impl Patterns {
+    /// Compiles `patterns`; an empty (or blank) pattern is a configuration error naming
+    /// `flag`: `--exclude ''` used to match every path and back up nothing.
+    fn new(flag: &'static str, patterns: &[String]) -> Result<Self> {
+        let mut b = GlobSetBuilder::new();
+        let mut source = Vec::new();
+        let glob = |g: &str, p: &str| {
+            Glob::new(g).map_err(|e| Error::config(format!("{flag}: invalid glob '{p}': {e}")))
+        };
+        for p in patterns {
+            if p.trim().is_empty() {
+                return Err(Error::config(format!(
+                    "{flag}: empty pattern '{p}': give a glob such as '*.tmp' or '/var/cache/**'"
+                )));
+            }
+            b.add(glob(p, p)?);
+            source.push(p.clone());
+            // `dir/*` should also leave out `dir` itself; `*.log` matches at any depth.
+            if !p.starts_with('/') && !p.starts_with("**/") {
+                b.add(glob(&format!("**/{p}"), p)?);
+                source.push(p.clone());
+            }
         }
+        let set = b
+            .build()
+            .map_err(|e| Error::config(format!("{flag}: invalid globs: {e}")))?;
+        Ok(Patterns { flag, set, source })
     }
-    b.build()
-        .map_err(|e| Error::config(format!("invalid globs: {e}")))
+
+    /// The first pattern matching `path`.
+    fn matching(&self, path: &Path) -> Option<&str> {
+        self.set
+            .matches(path)
+            .first()
+            .map(|&i| self.source[i].as_str())
+    }
 }
 
 /// A blob on its way to a pack.
@@ -442,38 +520,57 @@ fn read_file(
         files::data_extents(&f, &before).map_err(|e| Error::io("finding data in", path, e))?;
     let mut pieces = Vec::new();
     let mut pos = 0u64;
+    let mut short = false;
     for (start, len) in extents {
         if start > pos {
             pieces.push(Piece::Hole(start - pos));
         }
         f.seek(SeekFrom::Start(start))
             .map_err(|e| Error::io("seeking in", path, e))?;
-        // A file growing while read is read up to its size at open: the rest is the next backup's.
-        let read = chunker
-            .chunk_reader((&mut f).take(len), len, buf, |chunk| -> Result<()> {
-                let id = sh.repo.crypto().chunk_id(chunk);
-                let n = chunk.len() as u32;
-                pieces.push(Piece::Chunk(id, n));
-                sh.progress.bytes(u64::from(n));
-                if sh.claim(id) {
-                    sh.counters
-                        .bytes_new
-                        .fetch_add(u64::from(n), Ordering::Relaxed);
-                    blobs
-                        .send(Blob {
-                            kind: BlobKind::Data,
-                            id,
-                            data: chunk.to_vec(),
-                        })
-                        .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
-                }
-                Ok(())
-            })
-            .map_err(|e| e.context(format!("reading {}", path.display())))?;
-        sh.counters.bytes_read.fetch_add(read, Ordering::Relaxed);
+        let read = read_span(
+            sh,
+            chunker,
+            buf,
+            (&mut f).take(len),
+            len,
+            &mut pieces,
+            blobs,
+        )
+        .map_err(|e| e.context(format!("reading {}", path.display())))?;
         pos = start + read;
         if read < len {
-            break; // truncated while reading
+            // Shorter than `stat` said: truncated while read, or a pseudo-file (sysfs
+            // reports 4096 bytes for 23). What was read is the content; no padding.
+            short = true;
+            break;
+        }
+    }
+    if !short {
+        // A hole at the end, up to the size at open.
+        if before.size() > pos {
+            pieces.push(Piece::Hole(before.size() - pos));
+            pos = before.size();
+        }
+        // Then read on to the end of the file: pseudo-files report a size of 0 whatever
+        // they hold (/proc), and a file growing while read is read to where it ends now.
+        // A small probe first, so the common case (nothing more) costs one read.
+        f.seek(SeekFrom::Start(pos))
+            .map_err(|e| Error::io("seeking in", path, e))?;
+        let mut probe = [0u8; 4096];
+        let n = loop {
+            match f.read(&mut probe) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("reading", path, e)),
+            }
+        };
+        if n > 0 {
+            // In reads of at most 64 KiB: /proc/sys files allocate what is asked for
+            // (and fail with ENOMEM for the chunker's 16 MiB).
+            let rest = std::io::Cursor::new(&probe[..n]).chain(SmallReads(&mut f));
+            let read = read_span(sh, chunker, buf, rest, u64::MAX, &mut pieces, blobs)
+                .map_err(|e| e.context(format!("reading {}", path.display())))?;
+            pos += read;
         }
     }
     let after = f
@@ -485,11 +582,52 @@ fn read_file(
             path.display()
         ));
     }
-    let size = before.size().min(after.size()).max(pos);
-    if size > pos {
-        pieces.push(Piece::Hole(size - pos));
+    // The stored size is what was read (and the holes within it), never what `stat` said.
+    Ok(FileContent { pieces, size: pos })
+}
+
+/// A reader that asks for at most 64 KiB at a time.
+struct SmallReads<R>(R);
+
+impl<R: std::io::Read> std::io::Read for SmallReads<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(64 << 10);
+        self.0.read(&mut buf[..n])
     }
-    Ok(FileContent { pieces, size })
+}
+
+/// Chunks up to `limit` bytes of `r` into `pieces`, sending new chunks to the sealers;
+/// returns the bytes read.
+fn read_span(
+    sh: &Shared,
+    chunker: &crate::pipeline::Chunker,
+    buf: &mut Vec<u8>,
+    r: impl std::io::Read,
+    limit: u64,
+    pieces: &mut Vec<Piece>,
+    blobs: &Sender<Blob>,
+) -> Result<u64> {
+    let read = chunker.chunk_reader(r, limit, buf, |chunk| -> Result<()> {
+        let id = sh.repo.crypto().chunk_id(chunk);
+        let n = chunk.len() as u32;
+        pieces.push(Piece::Chunk(id, n));
+        sh.progress.bytes(u64::from(n));
+        if sh.claim(id) {
+            sh.counters
+                .bytes_new
+                .fetch_add(u64::from(n), Ordering::Relaxed);
+            blobs
+                .send(Blob {
+                    kind: BlobKind::Data,
+                    id,
+                    data: chunk.to_vec(),
+                })
+                .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
+        }
+        Ok(())
+    })?;
+    sh.counters.bytes_read.fetch_add(read, Ordering::Relaxed);
+    Ok(read)
 }
 
 fn sealer(sh: &Shared, blobs: Receiver<Blob>) {
@@ -535,34 +673,243 @@ struct Walker<'s, 'a> {
     blobs: Sender<Blob>,
     /// Files queued for the readers whose content the walker has not taken yet.
     pending: std::cell::Cell<u64>,
+    /// Whether several paths were given: then the root mirrors `/` (see [`Walker::walk_roots`]).
+    several: bool,
+    /// The paths given: each is walked in full, on its own file system, wherever the walk
+    /// meets it (`/boot` inside `/` with `-x`), and never excluded.
+    given: HashSet<PathBuf>,
+    /// Directories above given paths (not given themselves), with the names below them that
+    /// lead to given paths: where a walk would stop (excluded, another or a pseudo file
+    /// system), it goes on towards those only.
+    above: HashMap<PathBuf, Vec<OsString>>,
+    /// One per given path being walked (innermost last): what was stored of it and what
+    /// left entries out, for the warning when nothing was.
+    stats: std::cell::RefCell<Vec<PathStats>>,
+}
+
+/// What one given path contributed.
+struct PathStats {
+    path: PathBuf,
+    /// Entries other than directories stored.
+    entries: u64,
+    /// Entries left out by patterns.
+    excluded: u64,
+    /// The first few patterns that left entries out.
+    reasons: BTreeSet<String>,
+}
+
+impl<'s, 'a> Walker<'s, 'a> {
+    fn new(
+        sh: &'s Shared<'a>,
+        jobs: Sender<FileJob>,
+        blobs: Sender<Blob>,
+        roots: &[PathBuf],
+        several: bool,
+    ) -> Self {
+        let given: HashSet<PathBuf> = roots.iter().cloned().collect();
+        let mut above: HashMap<PathBuf, Vec<OsString>> = HashMap::new();
+        for r in roots {
+            let mut child = r.as_path();
+            while let Some(parent) = child.parent() {
+                if let Some(name) = child.file_name() {
+                    let names = above.entry(parent.to_path_buf()).or_default();
+                    if !names.iter().any(|n| n == name) {
+                        names.push(name.to_owned());
+                    }
+                }
+                child = parent;
+            }
+        }
+        for names in above.values_mut() {
+            names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
+        }
+        Walker {
+            sh,
+            jobs,
+            blobs,
+            pending: std::cell::Cell::new(0),
+            several,
+            given,
+            above,
+            stats: std::cell::RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl Walker<'_, '_> {
-    fn walk_roots(self, roots: &[PathBuf], parent: Option<Id>) -> Result<Id> {
+    /// Walks the given paths; returns the root tree and the root directory's own metadata.
+    ///
+    /// One directory: its content is the root (as restored into the target), its metadata
+    /// the root's. One file: the root lists it by name. Several paths: the root is `/`, and
+    /// the tree mirrors the absolute paths (`/etc/ssh` is `etc/ssh` below the root), like
+    /// restic: `/` and `/boot` nest, `/etc` and `/etc/ssh` are stored once, no two paths
+    /// share a name, and every name is a plain file name.
+    fn walk_roots(self, roots: &[PathBuf], parent: Option<Id>) -> Result<(Id, Option<Node>)> {
         let parent_tree = parent.and_then(|id| self.load_parent(&id));
-        let root_meta =
-            |p: &Path| std::fs::symlink_metadata(p).map_err(|e| Error::io("reading", p, e));
-        if let [root] = roots {
-            let meta = root_meta(root)?;
+        let lstat = |p: &Path| std::fs::symlink_metadata(p).map_err(|e| Error::io("reading", p, e));
+        let root_node = |p: &Path, meta: &Metadata| -> Result<Node> {
+            let mut n = files::node_from_metadata(std::ffi::OsStr::new(""), p, meta)?;
+            n.links = 1;
+            Ok(n)
+        };
+        if !self.several {
+            let [root] = roots else {
+                return Err(Error::new(ErrorKind::Io, "no path to back up"));
+            };
+            let meta = lstat(root)?;
             if meta.is_dir() {
-                let t = self.walk_dir(root, parent_tree.as_ref(), meta.dev())?;
-                return self.finish(t);
+                self.begin(root);
+                let t = self.walk_dir(root, parent_tree.as_ref(), meta.dev(), meta.dev());
+                self.end();
+                let t = t?;
+                let node = root_node(root, &meta)?;
+                return Ok((self.finish(t)?, Some(node)));
             }
-        }
-        // Several paths, or one file: the root lists them by name.
-        let mut nodes = Vec::new();
-        for root in roots {
-            let meta = root_meta(root)?;
             let name = root.file_name().unwrap_or(root.as_os_str());
             let parent_node = parent_tree
                 .as_ref()
                 .and_then(|t| t.find(name.as_encoded_bytes()));
-            if let Some(n) = self.entry(root, name, &meta, parent_node, meta.dev())? {
-                nodes.push(n);
-            }
+            let nodes = self.given_entry(root, name, &meta, parent_node)?;
+            let tree = PendingTree {
+                nodes: nodes.into_iter().collect(),
+                settled: 0,
+            };
+            return Ok((self.finish(tree)?, None));
         }
-        nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        self.finish(PendingTree { nodes, settled: 0 })
+        let root = Path::new("/");
+        let meta = lstat(root)?;
+        let t = if self.given.contains(root) {
+            self.begin(root);
+            let t = self.walk_dir(root, parent_tree.as_ref(), meta.dev(), meta.dev());
+            self.end();
+            t?
+        } else {
+            self.walk_above(root, parent_tree.as_ref())?
+        };
+        let node = root_node(root, &meta)?;
+        Ok((self.finish(t)?, Some(node)))
+    }
+
+    fn begin(&self, path: &Path) {
+        self.stats.borrow_mut().push(PathStats {
+            path: path.to_path_buf(),
+            entries: 0,
+            excluded: 0,
+            reasons: BTreeSet::new(),
+        });
+    }
+
+    /// Ends a given path's walk: storing nothing of it is a warning naming what left it out.
+    fn end(&self) {
+        let mut stats = self.stats.borrow_mut();
+        let Some(st) = stats.pop() else {
+            return;
+        };
+        if st.entries > 0 {
+            // What a given path inside another holds is the outer one's too.
+            if let Some(outer) = stats.last_mut() {
+                outer.entries += st.entries;
+            }
+            return;
+        }
+        drop(stats);
+        let p = st.path.display();
+        self.sh.warn(if st.excluded > 0 {
+            let by: Vec<&str> = st.reasons.iter().map(String::as_str).collect();
+            format!(
+                "{p}: nothing backed up: all {} entries were left out by {}",
+                st.excluded,
+                by.join(", ")
+            )
+        } else {
+            format!("{p}: nothing backed up: it holds no files")
+        });
+    }
+
+    /// Counts a stored non-directory entry for the innermost given path.
+    fn stored(&self) {
+        if let Some(st) = self.stats.borrow_mut().last_mut() {
+            st.entries += 1;
+        }
+    }
+
+    /// A given path met in a walk (or as the root's only entry): walked in full on its own
+    /// file system, whatever the patterns say.
+    fn given_entry(
+        &self,
+        path: &Path,
+        name: &std::ffi::OsStr,
+        meta: &Metadata,
+        parent: Option<&Node>,
+    ) -> Result<Option<(Node, Option<PendingContent>)>> {
+        self.begin(path);
+        let res = self.entry(path, name, meta, parent, meta.dev(), meta.dev());
+        if matches!(&res, Ok(Some((n, _))) if n.kind != NodeKind::Dir) {
+            self.stored();
+        }
+        self.end();
+        res
+    }
+
+    /// A directory above given paths whose own content is not backed up: only the names
+    /// leading to given paths.
+    fn walk_above(&self, dir: &Path, parent: Option<&Tree>) -> Result<PendingTree> {
+        let mut tree = PendingTree::default();
+        let Some(names) = self.above.get(dir) else {
+            return Ok(tree);
+        };
+        for name in names {
+            let path = dir.join(name);
+            let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.sh.warn(format!(
+                        "skipped: {}",
+                        crate::error::chain(&Error::io("reading", &path, e))
+                    ));
+                    continue;
+                }
+            };
+            if self.given.contains(&path) {
+                tree.nodes
+                    .extend(self.given_entry(&path, name, &meta, parent_node)?);
+                continue;
+            }
+            // On the way to a given path: a directory (a symlink to one is stored as the
+            // directory it leads to, as the path goes through it).
+            let meta = if meta.is_dir() {
+                meta
+            } else {
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_dir() => m,
+                    _ => {
+                        self.sh.warn(format!(
+                            "skipped: {}: not a directory on the way to a path to back up",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                }
+            };
+            let node = match files::node_from_metadata(name, &path, &meta) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.sh
+                        .warn(format!("skipped: {}", crate::error::chain(&e)));
+                    continue;
+                }
+            };
+            self.sh.counters.dirs.fetch_add(1, Ordering::Relaxed);
+            let parent_tree = parent_node
+                .filter(|p| p.kind == NodeKind::Dir)
+                .and_then(|p| p.subtree)
+                .and_then(|id| self.load_parent(&id));
+            let sub = self.walk_above(&path, parent_tree.as_ref())?;
+            tree.nodes
+                .push((node, Some(PendingContent::Dir(Box::new(sub)))));
+        }
+        Ok(tree)
     }
 
     fn load_parent(&self, id: &Id) -> Option<Tree> {
@@ -579,17 +926,38 @@ impl Walker<'_, '_> {
         }
     }
 
+    /// Whether a pattern leaves `path` out; counted (with the pattern) for its given path.
     fn excluded(&self, path: &Path, is_dir: bool) -> bool {
-        if self.sh.excludes.is_match(path) {
-            return true;
+        let reason = if self.sh.excludes.set.is_match(path) {
+            Some(&self.sh.excludes)
+        } else {
+            match &self.sh.includes {
+                Some(inc) if !is_dir && !inc.set.is_match(path) => Some(inc),
+                _ => None,
+            }
+        };
+        let Some(p) = reason else {
+            return false;
+        };
+        if let Some(st) = self.stats.borrow_mut().last_mut() {
+            st.excluded += 1;
+            if st.reasons.len() < 3 {
+                st.reasons.insert(match p.matching(path) {
+                    Some(pat) if p.flag == "--exclude" => format!("--exclude '{pat}'"),
+                    _ => format!("--include (no pattern matches {})", path.display()),
+                });
+            }
         }
-        match &self.sh.includes {
-            Some(inc) if !is_dir => !inc.is_match(path),
-            _ => false,
-        }
+        true
     }
 
-    fn walk_dir(&self, dir: &Path, parent: Option<&Tree>, root_dev: u64) -> Result<PendingTree> {
+    fn walk_dir(
+        &self,
+        dir: &Path,
+        parent: Option<&Tree>,
+        root_dev: u64,
+        dir_dev: u64,
+    ) -> Result<PendingTree> {
         let mut entries = Vec::new();
         match std::fs::read_dir(dir) {
             Ok(rd) => {
@@ -616,15 +984,39 @@ impl Walker<'_, '_> {
             let meta = match std::fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.sh.warn(format!("{}: {e}", path.display()));
+                    self.sh.warn(format!(
+                        "skipped: {}",
+                        crate::error::chain(&Error::io("reading", &path, e))
+                    ));
                     continue;
                 }
             };
-            if self.excluded(&path, meta.is_dir()) {
-                continue;
-            }
             let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
-            if let Some(n) = self.entry(&path, &name, &meta, parent_node, root_dev)? {
+            let node = if self.several && self.given.contains(&path) {
+                self.given_entry(&path, &name, &meta, parent_node)?
+            } else if self.excluded(&path, meta.is_dir()) {
+                if !(meta.is_dir() && self.above.contains_key(&path)) {
+                    continue;
+                }
+                // Left out, but a given path is below it: only the way there.
+                let node = match files::node_from_metadata(&name, &path, &meta) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.sh
+                            .warn(format!("skipped: {}", crate::error::chain(&e)));
+                        continue;
+                    }
+                };
+                let sub = self.walk_above(&path, None)?;
+                Some((node, Some(PendingContent::Dir(Box::new(sub)))))
+            } else {
+                let n = self.entry(&path, &name, &meta, parent_node, root_dev, dir_dev)?;
+                if matches!(&n, Some((n, _)) if n.kind != NodeKind::Dir) {
+                    self.stored();
+                }
+                n
+            };
+            if let Some(n) = node {
                 tree.nodes.push(n);
                 if self.pending.get() > MAX_PENDING_FILES {
                     self.settle(&mut tree)?;
@@ -635,6 +1027,8 @@ impl Walker<'_, '_> {
     }
 
     /// One entry of a directory: metadata now, content queued (files) or walked (dirs).
+    /// `root_dev` is the device of the given path being walked (for `-x`), `dir_dev` the
+    /// device of the directory the entry is in (a change is a mount point).
     fn entry(
         &self,
         path: &Path,
@@ -642,11 +1036,13 @@ impl Walker<'_, '_> {
         meta: &Metadata,
         parent: Option<&Node>,
         root_dev: u64,
+        dir_dev: u64,
     ) -> Result<Option<(Node, Option<PendingContent>)>> {
         let mut node = match files::node_from_metadata(name, path, meta) {
             Ok(n) => n,
             Err(e) => {
-                self.sh.warn(format!("{}: {e}", path.display()));
+                self.sh
+                    .warn(format!("skipped: {}", crate::error::chain(&e)));
                 return Ok(None);
             }
         };
@@ -677,15 +1073,30 @@ impl Walker<'_, '_> {
             }
             NodeKind::Dir => {
                 c.dirs.fetch_add(1, Ordering::Relaxed);
-                let sub = if self.sh.opts.one_file_system && meta.dev() != root_dev {
-                    // A mount point: kept as an empty directory, its content is another file system's.
-                    PendingTree::default()
+                // A mount point of a pseudo file system (proc, sysfs, cgroup, …): its files
+                // are kernel state, not data, and are never read unless given as a path.
+                let pseudo = if meta.dev() != dir_dev {
+                    files::pseudo_fs(path)
+                } else {
+                    None
+                };
+                let other_fs = self.sh.opts.one_file_system && meta.dev() != root_dev;
+                let sub = if pseudo.is_some() || other_fs {
+                    if let Some(fs) = pseudo {
+                        self.sh.note(format!(
+                            "{}: content of the {fs} pseudo file system not backed up",
+                            path.display()
+                        ));
+                    }
+                    // A mount point: kept as an empty directory (or with the way to given
+                    // paths below it); its content is another file system's.
+                    self.walk_above(path, None)?
                 } else {
                     let parent_tree = parent
                         .filter(|p| p.kind == NodeKind::Dir)
                         .and_then(|p| p.subtree)
                         .and_then(|id| self.load_parent(&id));
-                    self.walk_dir(path, parent_tree.as_ref(), root_dev)?
+                    self.walk_dir(path, parent_tree.as_ref(), root_dev, meta.dev())?
                 };
                 Ok(Some((node, Some(PendingContent::Dir(Box::new(sub))))))
             }
@@ -720,6 +1131,10 @@ impl Walker<'_, '_> {
                         .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
                     match res {
                         Ok(c) => {
+                            // Pseudo-files and growing files: what was read, not `stat`.
+                            let counted = &self.sh.counters.bytes_total;
+                            counted.fetch_add(c.size, Ordering::Relaxed);
+                            counted.fetch_sub(node.size, Ordering::Relaxed);
                             node.content = c.pieces;
                             node.size = c.size;
                             self.sh.counters.files_read.fetch_add(1, Ordering::Relaxed);
@@ -727,7 +1142,15 @@ impl Walker<'_, '_> {
                         }
                         Err(e) if self.sh.failed() => return Err(e),
                         Err(e) => {
-                            self.sh.warn(format!("{}: skipped: {e}", path.display()));
+                            // "skipped: opening X: Permission denied": the action, the
+                            // path and the cause, once.
+                            let why = crate::error::chain(&e);
+                            let shown = path.display().to_string();
+                            self.sh.warn(if why.contains(&shown) {
+                                format!("skipped: {why}")
+                            } else {
+                                format!("skipped: {shown}: {why}")
+                            });
                             self.sh.counters.files.fetch_sub(1, Ordering::Relaxed);
                             continue;
                         }

@@ -320,7 +320,8 @@ pub struct BackupArgs {
     /// Do not cross into other file systems.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Ignore inode numbers when looking for unchanged files (network file systems).
+    /// Ignore inode numbers when looking for unchanged files (network file systems); size,
+    /// mtime and ctime are still compared.
     #[arg(long)]
     pub ignore_inode: bool,
     /// Tag the snapshot (repeatable).

@@ -96,7 +96,20 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let (sid, snap) = repo.find_snapshot_for(snapshot, filter)?;
-    let op = || restore::run(repo, sid, &snap, opts, progress);
+    // The target takes the snapshot root's own metadata (mode, times, xattrs) when this
+    // restore creates it or it is empty: never an existing directory's (like /tmp's).
+    let fresh = !opts.dry_run
+        && match std::fs::read_dir(&opts.target) {
+            Ok(mut d) => d.next().is_none(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+    let op = || {
+        let mut o = restore::run(repo, sid, &snap, opts, progress)?;
+        if fresh && let Some(root) = &snap.root {
+            restore::apply_root_metadata(&opts.target, root, &mut o.warnings);
+        }
+        Ok(o)
+    };
     recorded(
         catalog,
         "restore",

@@ -433,13 +433,33 @@ fn load_checked(path: &Path) -> std::result::Result<LoadedPolicy, Vec<String>> {
         );
     }
     for p in &mut files.paths {
-        if p.is_relative() {
-            *p = dir.join(&*p);
+        if p.as_os_str().is_empty() {
+            err(&["source", "paths"], "source.paths: an empty path".into());
+            continue;
+        }
+        // Normalized as backups record them, so the policy's group is the same whichever
+        // way a path is written (`t1/c/`, `t1/a/../c`).
+        let joined = if p.is_relative() {
+            dir.join(&*p)
+        } else {
+            p.clone()
+        };
+        match crate::source::files::normalize(&joined) {
+            Ok(n) => *p = n,
+            Err(e) => err(
+                &["source", "paths"],
+                format!("source.paths: {}: {e}", joined.display()),
+            ),
         }
     }
     for (key, globs) in [("exclude", &files.exclude), ("include", &files.include)] {
         for g in globs {
-            if let Err(e) = globset::Glob::new(g) {
+            if g.trim().is_empty() {
+                err(
+                    &["source", key],
+                    format!("source.{key}: empty pattern '{g}' (it would match every path)"),
+                );
+            } else if let Err(e) = globset::Glob::new(g) {
                 err(&["source", key], format!("invalid glob '{g}': {e}"));
             }
         }

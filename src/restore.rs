@@ -29,12 +29,18 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use entry::Overwrite;
+
+/// Gives the restore target the snapshot root directory's own metadata (the caller decides
+/// when: only for a target the restore created or found empty).
+pub fn apply_root_metadata(target: &Path, root: &Node, warnings: &mut Vec<String>) {
+    entry::apply_metadata(target, root, target, warnings);
+}
 pub use select::{Includes, Layout};
 pub use walk::{Item, Walk};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
-use crate::repo::{Id, NodeKind, Repo, Snapshot};
+use crate::repo::{Id, Node, NodeKind, Repo, Snapshot};
 use content::FileTask;
 use entry::{Decision, Temps};
 

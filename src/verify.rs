@@ -194,6 +194,7 @@ pub fn run(
     // Structure: every snapshot's trees and chunks must be indexed (and not known bad).
     for (sid, snap) in &snapshots {
         let mut paths = Vec::new();
+        let mut names = Vec::new();
         walk(
             repo,
             &index,
@@ -201,7 +202,14 @@ pub fn run(
             snap.tree,
             String::new(),
             &mut paths,
+            &mut names,
         );
+        // A name restore would refuse makes the snapshot unrestorable: a problem.
+        for n in names {
+            report.problems.push(Problem {
+                message: format!("snapshot {}: {n}", sid.short()),
+            });
+        }
         if !paths.is_empty() {
             report.problems.push(Problem {
                 message: format!(
@@ -283,6 +291,7 @@ fn walk(
     tree: Id,
     prefix: String,
     affected: &mut Vec<String>,
+    names: &mut Vec<String>,
 ) {
     let t = if bad.contains(&tree) || !index.contains(&tree) {
         Err(crate::error::Error::corrupt(format!(
@@ -299,12 +308,30 @@ fn walk(
             return;
         }
     };
+    let mut seen = HashSet::new();
+    for node in &t.nodes {
+        let problem = if !node.has_safe_name() {
+            "not a plain file name"
+        } else if !seen.insert(&node.name) {
+            "a duplicate entry"
+        } else {
+            continue;
+        };
+        names.push(format!(
+            "entry {:?} in {}/: {problem}",
+            String::from_utf8_lossy(&node.name),
+            prefix
+        ));
+    }
     for node in t.nodes {
+        if !node.has_safe_name() {
+            continue;
+        }
         let path = format!("{prefix}/{}", String::from_utf8_lossy(&node.name));
         match node.kind {
             NodeKind::Dir => {
                 if let Some(sub) = node.subtree {
-                    walk(repo, index, bad, sub, path, affected);
+                    walk(repo, index, bad, sub, path, affected, names);
                 }
             }
             NodeKind::File => {

@@ -3,6 +3,7 @@
 mod integration {
     pub mod common;
 
+    mod backup_paths;
     mod cli;
     mod corruption;
     mod crash;

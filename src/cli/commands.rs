@@ -588,6 +588,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             for w in &o.warnings {
                 warn(format_args!("{w}"));
             }
+            for n in &o.notes {
+                note(format_args!("note: {n}"));
+            }
             outln!(
                 "snapshot {} saved to {name} ({}): {} files ({} read, {} unchanged), {} dirs, {} total, {} new, {} stored in {} packs, {:.1}s",
                 o.id.short(),
@@ -604,7 +607,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             );
         }
         results.push(
-            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings}),
+            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings, "notes": o.notes}),
         );
     }
     if ctx.cli.global.json {

@@ -71,6 +71,11 @@ pub struct Snapshot {
     pub paths: Vec<String>,
     /// Root tree.
     pub tree: Id,
+    /// The root directory's own metadata (mode, owner, times, xattrs; no name), applied to
+    /// a restore's target when the restore creates it. Absent in older manifests and when
+    /// one file was backed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Box<crate::repo::Node>>,
     /// Snapshot used as parent for an incremental backup.
     pub parent: Option<Id>,
     /// Full or incremental.

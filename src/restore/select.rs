@@ -1,11 +1,13 @@
 //! What a user names inside a snapshot: paths and include globs, given relative to the
 //! snapshot root or absolute as they were backed up.
 //!
-//! Backing up one directory makes its content the root; several paths (or one file)
-//! become entries of the root, by their last component (docs/FORMAT.md). So `/etc/ssh`
-//! of a backup of `/etc` is `ssh` in the root, and `etc/ssh` of a backup of `/etc` and
-//! `/home`. Every given path is tried both ways: as it is (relative to the root) and, when
-//! it starts with a backed-up path, with that path replaced by its place in the root.
+//! Backing up one directory makes its content the root; one file becomes the root's one
+//! entry; several paths keep their absolute layout, the root being `/` (older manifests
+//! list each of several paths in the root by its last component; docs/FORMAT.md). So
+//! `/etc/ssh` of a backup of `/etc` is `ssh` in the root, and `etc/ssh` of a backup of
+//! `/etc` and `/home`. Every given path is tried both ways: as it is (relative to the root)
+//! and, when it starts with a backed-up path, with that path replaced by its place in the
+//! root.
 
 use std::path::Path;
 
@@ -63,7 +65,16 @@ impl Layout {
             ));
         } else {
             for p in paths {
-                if let Some(name) = p.rsplit('/').next().filter(|n| !n.is_empty()) {
+                // Several paths keep their absolute layout (the root is `/`); manifests
+                // written before that list each path in the root by its last component.
+                let first = p.split('/').next().unwrap_or("");
+                let absolute = root
+                    .nodes
+                    .iter()
+                    .any(|n| n.kind == NodeKind::Dir && n.name[..] == *first.as_bytes());
+                if absolute || p.is_empty() {
+                    places.push((p.clone(), p));
+                } else if let Some(name) = p.rsplit('/').next() {
                     let name = name.to_string();
                     places.push((p, name));
                 }
@@ -207,6 +218,7 @@ mod tests {
             source: "files".into(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             tree: crate::repo::Id::random(),
+            root: None,
             parent: None,
             kind: crate::repo::BackupKind::Full,
             policy: None,

@@ -150,3 +150,92 @@ pub fn changed(before: &Metadata, after: &Metadata) -> bool {
         || before.ctime_nsec() != after.ctime_nsec()
         || before.ino() != after.ino()
 }
+
+/// `path` made absolute and cleaned lexically: `.` components and trailing `/` dropped,
+/// `..` resolved against the component before it (never above `/`).
+///
+/// Lexical, like restic's `filepath.Clean`: `DIR/link/..` names `DIR`, even when `link` is a
+/// symlink to a directory elsewhere (whose parent the kernel would take). What is recorded
+/// is then what the operator wrote, the same on every run, whatever the links point to.
+pub fn normalize(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path)?;
+    let mut out = std::path::PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Pseudo file systems whose files are kernel state, not data: `statfs` magic numbers
+/// (`linux/magic.h`) and names. `devtmpfs` shares tmpfs's number and is not listed: its
+/// device nodes are stored as nodes, never read.
+const PSEUDO_FS: &[(i64, &str)] = &[
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x1cd1, "devpts"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x6165_676c, "pstore"),
+    (0xcafe_4a11, "bpf"),
+    (0x6265_6570, "configfs"),
+    (0x6573_5543, "fusectl"),
+    (0x1980_0202, "mqueue"),
+    (0x0187, "autofs"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0xde5e_81e4, "efivarfs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x4341_5d53, "smackfs"),
+    (0x6e73_6673, "nsfs"),
+    (0x6759_6969, "rpc_pipefs"),
+];
+
+/// The name of the pseudo file system `path` is on, if it is on one.
+pub fn pseudo_fs(path: &Path) -> Option<&'static str> {
+    let st = nix::sys::statfs::statfs(path).ok()?;
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.filesystem_type().0 as i64;
+    PSEUDO_FS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dots_and_trailing_slashes_lexically() {
+        let cwd = std::env::current_dir().unwrap();
+        for (given, want) in [
+            ("/", "/".into()),
+            ("/.", "/".into()),
+            ("/..", "/".into()),
+            ("/etc/", "/etc".into()),
+            ("/etc/.", "/etc".into()),
+            ("/etc/ssh/..", "/etc".into()),
+            ("//etc//ssh/", "/etc/ssh".into()),
+            ("t1/a/../c", cwd.join("t1/c")),
+            ("t1/c/", cwd.join("t1/c")),
+            (".", cwd.clone()),
+        ] {
+            assert_eq!(normalize(Path::new(given)).unwrap(), want, "{given}");
+        }
+    }
+
+    #[test]
+    fn pseudo_fs_knows_proc_and_not_the_root_file_system() {
+        assert_eq!(pseudo_fs(Path::new("/proc/self")), Some("proc"));
+        assert_eq!(pseudo_fs(Path::new("/tmp")), None);
+    }
+}

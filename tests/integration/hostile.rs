@@ -94,6 +94,7 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
         source: "files".into(),
         paths: vec!["/srv".into()],
         tree: ids[0],
+        root: None,
         parent: None,
         kind: BackupKind::Full,
         policy: None,

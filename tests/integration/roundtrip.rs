@@ -55,8 +55,11 @@ fn build_tree(src: &Path) {
     sparse.write_all_at(&noise(2, 1 << 20), 1 << 30).unwrap();
     sparse.write_all_at(b"tail", (3 << 30) - 4).unwrap();
     drop(sparse);
+    // A socket: recorded, not recreated (it belongs to the process that bound it).
+    drop(std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap());
     if is_root() {
         // Ownership and device nodes need root.
+        std::os::unix::fs::lchown(src, Some(4321), Some(8765)).unwrap();
         std::os::unix::fs::lchown(src.join("secret"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(src.join("rel-link"), Some(42), Some(43)).unwrap();
         let dev = nix::sys::stat::makedev(1, 3);
@@ -75,6 +78,78 @@ fn build_tree(src: &Path) {
     filetime::set_symlink_file_times(src.join("empty"), t1960, t1960).unwrap();
     filetime::set_symlink_file_times(src.join("dangling"), t2040, t2040).unwrap();
     filetime::set_symlink_file_times(src.join("docs"), t2040, t2040).unwrap();
+    // The root directory's own metadata.
+    std::fs::set_permissions(src, std::fs::Permissions::from_mode(0o2750)).unwrap();
+    xattr::set(src, "user.root", b"top").unwrap();
+    let t2001 = filetime::FileTime::from_unix_time(1_000_000_000, 987_654_321);
+    filetime::set_symlink_file_times(src, t2001, t2001).unwrap();
+}
+
+/// A directory's own metadata: mode, owner, mtime, xattrs.
+type OwnMetadata = (u32, u32, u32, (i64, i64), Vec<(String, Vec<u8>)>);
+
+fn own_metadata(dir: &Path) -> OwnMetadata {
+    let m = std::fs::symlink_metadata(dir).unwrap();
+    let mut x: Vec<_> = xattr::list(dir)
+        .unwrap()
+        .map(|n| {
+            let v = xattr::get(dir, &n).unwrap().unwrap_or_default();
+            (n.to_string_lossy().into_owned(), v)
+        })
+        .collect();
+    x.sort();
+    (
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid(),
+        (m.mtime(), m.mtime_nsec()),
+        x,
+    )
+}
+
+/// Says visibly what a run as another user than root cannot check.
+fn report_unchecked() {
+    if !is_root() {
+        eprintln!(
+            "NOT CHECKED (uid {}): other owners and device nodes need root; \
+             ownership is compared only for this user's own files",
+            nix::unistd::getuid()
+        );
+    }
+}
+
+/// Restores `snapshot` into `dir`; returns the target and the restore's standard error.
+fn restore_with_stderr(env: &Env, snapshot: &str, dir: &str) -> (std::path::PathBuf, String) {
+    let target = env.path(dir);
+    let out = env
+        .run(&["restore", snapshot, "--target"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "restore failed: {err}");
+    (target, err)
+}
+
+/// Like `assert_same_tree`, leaving out the sockets of `a` (never restored).
+fn assert_same_tree_but_sockets(a: &Path, b: &Path) {
+    let (la, lb) = (listing(a), listing(b));
+    let la: Vec<_> = la.into_iter().filter(|e| e.kind != "socket").collect();
+    assert_eq!(
+        la.iter().map(|e| &e.path).collect::<Vec<_>>(),
+        lb.iter().map(|e| &e.path).collect::<Vec<_>>(),
+        "entries differ"
+    );
+    for (x, y) in la.iter().zip(&lb) {
+        assert_eq!(x, y, "entry {:?} differs", OsStr::from_bytes(&x.path));
+        if x.kind == "file" {
+            let p = OsStr::from_bytes(&x.path);
+            assert!(
+                std::fs::read(a.join(p)).unwrap() == std::fs::read(b.join(p)).unwrap(),
+                "content of {p:?} differs"
+            );
+        }
+    }
 }
 
 #[test]
@@ -82,10 +157,28 @@ fn every_kind_of_entry_round_trips() {
     let env = Env::new();
     let src = env.path("src");
     build_tree(&src);
+    report_unchecked();
     env.init();
     env.backup(&src, &[]);
-    let out = env.restore("latest", "out");
-    assert_same_tree(&src, &out);
+    // The socket is in the snapshot.
+    let ls = env.run(&["ls", "latest", "--json"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(listed.contains("\"/sock\""), "{listed}");
+    let (out, err) = restore_with_stderr(&env, "latest", "out");
+    assert_same_tree_but_sockets(&src, &out);
+    assert!(
+        err.contains(&format!(
+            "{}: sockets are not restored",
+            out.join("sock").display()
+        )),
+        "the skipped socket is not named: {err}"
+    );
+    // The root directory itself: mode, owner, mtime and xattrs.
+    assert_eq!(
+        own_metadata(&out),
+        own_metadata(&src),
+        "root directory differs"
+    );
     // Holes came back as holes: the 3 GiB file allocates about what it holds.
     let m = std::fs::metadata(out.join("sparse.img")).unwrap();
     assert_eq!(m.len(), 3 << 30);
@@ -103,42 +196,159 @@ fn every_kind_of_entry_round_trips() {
 }
 
 #[test]
+fn several_paths_round_trip_with_their_absolute_layout() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    let other = env.path("other/conf");
+    write(&other.join("app.conf"), b"key = value\n");
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A directory on the way to a given path, with metadata of its own.
+    let way = env.path("other");
+    std::fs::set_permissions(&way, std::fs::Permissions::from_mode(0o711)).unwrap();
+    xattr::set(&way, "user.way", b"on the way").unwrap();
+    let t = filetime::FileTime::from_unix_time(1_234_567_890, 5);
+    filetime::set_file_mtime(&way, t).unwrap();
+    let single = env.path("single.txt");
+    write(&single, b"one file");
+    report_unchecked();
+    env.init();
+    let out = env
+        .run(&["backup", "--json"])
+        .arg(&src)
+        .arg(&other)
+        .arg(&single)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, _) = restore_with_stderr(&env, "latest", "out");
+    let at = |p: &Path| out.join(p.strip_prefix("/").unwrap());
+    assert_same_tree_but_sockets(&src, &at(&src));
+    assert_same_tree(&other, &at(&other));
+    assert_eq!(own_metadata(&at(&src)), own_metadata(&src));
+    assert_eq!(own_metadata(&at(&other)), own_metadata(&other));
+    assert_eq!(std::fs::read(at(&single)).unwrap(), b"one file");
+    // Directories on the way keep their own metadata too.
+    assert_eq!(
+        own_metadata(&at(&way)),
+        own_metadata(&way),
+        "a directory on the way"
+    );
+    let v = env.run(&["verify", "--read-data"]).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+/// Copies the source as it is now (`cp -a`), to compare a snapshot's restore with later.
+fn keep_state(src: &Path, dest: &Path) {
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Backs up `src` with `extra` flags; returns the snapshot id and its summary.
+fn backup_summary(env: &Env, src: &Path, extra: &[&str]) -> (String, serde_json::Value) {
+    let out = env
+        .run(&["backup", "--json"])
+        .args(extra)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v[0]["id"].as_str().unwrap().to_string(),
+        v[0]["snapshot"].clone(),
+    )
+}
+
+/// Incremental detection trusts size, mtime, ctime and inode together: a rewrite that puts
+/// the mtime back, or a new inode with the old size and mtime, is read again. Every
+/// snapshot restores the state of its time.
+#[test]
 fn incremental_reads_only_changes_and_restores_each_state() {
     let env = Env::new();
     let src = env.path("src");
+    let states = env.path("states");
+    std::fs::create_dir_all(&states).unwrap();
     write(&src.join("a.txt"), b"one");
     write(&src.join("b.bin"), &noise(3, 2 << 20));
+    write(&src.join("c.txt"), b"same");
     env.init();
-    let first = env.backup(&src, &[]);
-    let out = env.run(&["backup", "--json"]).arg(&src).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v[0]["snapshot"];
+    let mut taken = Vec::new();
+    let mut step = |env: &Env, extra: &[&str]| -> serde_json::Value {
+        let (id, snap) = backup_summary(env, &src, extra);
+        keep_state(&src, &states.join(taken.len().to_string()));
+        taken.push(id);
+        snap
+    };
+    let s = step(&env, &[]);
+    assert_eq!(s["kind"], "full");
+    assert_eq!(s["summary"]["files_read"], 3);
+
+    let s = step(&env, &[]);
     assert_eq!(s["kind"], "incremental");
     assert_eq!(s["summary"]["files_read"], 0);
-    assert_eq!(s["summary"]["files_unchanged"], 2);
+    assert_eq!(s["summary"]["files_unchanged"], 3);
     assert_eq!(s["summary"]["bytes_new"], 0);
 
-    // Change one file (same size, new content): only it is read.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    write(&src.join("a.txt"), b"two");
-    let out = env.run(&["backup", "--json"]).arg(&src).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["snapshot"]["summary"]["files_read"], 1);
+    // Same size, new content, mtime put back: only the ctime tells.
+    let a = src.join("a.txt");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&a).unwrap());
+    std::fs::write(&a, b"two").unwrap();
+    filetime::set_file_mtime(&a, mtime).unwrap();
+    let s = step(&env, &[]);
+    assert_eq!(
+        s["summary"]["files_read"], 1,
+        "a same-size rewrite was not re-read"
+    );
+    assert_eq!(s["summary"]["files_unchanged"], 2);
+
+    // Another inode with the same size and mtime (an editor's save, a restore by rename).
+    let b = src.join("b.bin");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&b).unwrap());
+    let tmp = src.join(".b.bin.tmp");
+    std::fs::write(&tmp, noise(4, 2 << 20)).unwrap();
+    filetime::set_file_mtime(&tmp, mtime).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    let s = step(&env, &[]);
+    assert_eq!(
+        s["summary"]["files_read"], 1,
+        "a replaced file was not re-read"
+    );
+
+    // --ignore-inode (network file systems) still compares the ctime: a file copied back
+    // with its old mtime is read again.
+    let c = src.join("c.txt");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&c).unwrap());
+    std::fs::remove_file(&c).unwrap();
+    std::fs::write(&c, b"same").unwrap();
+    filetime::set_file_mtime(&c, mtime).unwrap();
+    let s = step(&env, &["--ignore-inode"]);
+    assert_eq!(s["summary"]["files_read"], 1);
 
     // --full reads everything again but stores nothing new.
-    let out = env
-        .run(&["backup", "--json", "--full"])
-        .arg(&src)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["snapshot"]["kind"], "full");
-    assert_eq!(v[0]["snapshot"]["summary"]["files_read"], 2);
-    assert_eq!(v[0]["snapshot"]["summary"]["bytes_new"], 0);
+    let s = step(&env, &["--full"]);
+    assert_eq!(s["kind"], "full");
+    assert_eq!(s["summary"]["files_read"], 3);
+    assert_eq!(s["summary"]["bytes_new"], 0);
 
-    // The first snapshot still restores the first state.
-    let out = env.restore(&first, "out");
-    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), b"one");
+    // Every snapshot restores the state of its time.
+    for (i, id) in taken.iter().enumerate() {
+        let out = env.restore(id, &format!("out{i}"));
+        assert_same_tree(&states.join(i.to_string()), &out);
+    }
 }
 
 #[test]
