@@ -159,6 +159,13 @@ impl From<opendal::Error> for Error {
             None => err.kind().to_string(),
         };
         let mut e = Error::new(kind, message);
+        // An OS error stays the source, so callers can tell a read-only or full disk.
+        if let Some(io) = root.and_then(|r| r.downcast_ref::<std::io::Error>()) {
+            e = e.with_source(match io.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(io.kind(), io.to_string()),
+            });
+        }
         e.temporary = err.is_temporary();
         e
     }

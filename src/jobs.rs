@@ -105,7 +105,10 @@ pub fn restore(
         };
     let op = || {
         let mut o = restore::run(repo, sid, &snap, opts, progress)?;
-        if fresh && let Some(root) = &snap.root {
+        if fresh
+            && opts.target.is_dir()
+            && let Some(root) = &snap.root
+        {
             restore::apply_root_metadata(&opts.target, root, &mut o.warnings);
         }
         Ok(o)

@@ -188,7 +188,18 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 );
                 outln!("{} snapshot(s)", snaps.len());
             }
-            Ok(())
+            // The damaged manifests were named as they were read: the listing is incomplete.
+            if snaps.damaged.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorKind::Partial,
+                    format!(
+                        "{} snapshot manifest(s) could not be read (`backstop repair snapshots` sets them aside)",
+                        snaps.damaged.len()
+                    ),
+                ))
+            }
         }
         Command::Ls {
             repo,

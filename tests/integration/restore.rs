@@ -516,17 +516,17 @@ fn include_and_ls_take_absolute_and_root_relative_paths() {
         ],
         &[format!("{abs}/ssh"), "ssh".into(), format!("{rel_abs}/ssh")],
     );
-    // Two paths: entries of the root by name.
+    // Two paths: the root is `/`, holding them at their absolute places.
     env.backup(&etc, &[home.to_str().unwrap()]);
     check_path_forms(
         &env,
         &[&etc, &home],
         &[
-            "etc/ssh/**".into(),
+            format!("{rel_abs}/ssh/**"),
             format!("{abs}/ssh/**"),
             format!("{abs}/ssh"),
         ],
-        &[format!("{abs}/ssh"), "etc/ssh".into()],
+        &[format!("{abs}/ssh"), format!("{rel_abs}/ssh")],
     );
     // `ls latest /etc` of a backup of /etc alone lists its content.
     env.backup(&etc, &[]);

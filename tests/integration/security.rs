@@ -190,8 +190,13 @@ fn downgrade_with_deleted_keys_is_refused_when_a_password_is_given() {
     );
     assert_eq!(packs_and_snapshots(&env), before);
     assert!(objects_containing(&env.repo(), MARKER).is_empty());
-    // Without a password, the sealed manifests do not decode: an error, not a listing.
+    // Without a password, the sealed manifests do not decode: each is named, the listing
+    // fails (exit 3), and verify calls the repository damaged (exit 13).
     let out = env.run(&["snapshots"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("damaged snapshot manifest"), "{err}");
+    let out = env.run(&["verify"]).output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(13),
