@@ -164,9 +164,9 @@ fn one_damaged_manifest_is_skipped_everywhere_and_set_aside_by_repair() {
     let manifest = env.repo().join("snapshots").join(bad);
     std::fs::write(&manifest, b"not a manifest").unwrap();
 
-    // Listing: the others, and a warning naming the damaged one.
+    // Listing: the others, a warning naming the damaged one, and exit 3 (incomplete).
     let out = env.run(&["snapshots", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.len(), 2);
     assert!(
