@@ -121,12 +121,7 @@ fn every_example_policy_is_valid_and_bad_ones_name_line_and_column() {
         b"[targets.local]\nrepo = \"/tmp/x\"\npassword-env = \"PW\"\n",
     );
     write(&dir.join("bad.toml"), b"name = \"x\"\ntargets = [\"local\"]\n[source]\nkind = \"files\"\npaths = [\"/etc\"]\nexclude-typo = []\n");
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("bad.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("bad.toml"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     // An unknown key is reported at its own line, not its table's.
@@ -136,24 +131,14 @@ fn every_example_policy_is_valid_and_bad_ones_name_line_and_column() {
     );
 
     write(&dir.join("cron.toml"), b"name = \"x\"\ntargets = [\"local\"]\n[source]\nkind = \"files\"\npaths = [\"/etc\"]\n[schedule]\nfull = \"not cron\"\n");
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("cron.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("cron.toml"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("schedule.full"));
 
     write(
         &dir.join("tgt.toml"),
         b"name = \"x\"\ntargets = [\"nowhere\"]\n[source]\nkind = \"files\"\npaths = [\"/etc\"]\n",
     );
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("tgt.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("tgt.toml"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("target 'nowhere' is not defined"));
 }
 

@@ -274,3 +274,12 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// `backstop policy check FILE` in `env`.
+pub fn policy_check(env: &Env, file: impl AsRef<Path>) -> std::process::Output {
+    env.cmd()
+        .args(["policy", "check"])
+        .arg(file.as_ref())
+        .output()
+        .expect("run backstop")
+}

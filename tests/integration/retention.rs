@@ -1,7 +1,7 @@
 //! Retention, damaged manifests, an unusable catalog and policy checks (issue #6 items 3, 5,
 //! 8, 15 and 19): the operator's bad day, driven through the real binary.
 
-use super::common::{Env, noise, write};
+use super::common::{Env, noise, policy_check, write};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -62,12 +62,7 @@ fn zero_keep_counts_are_rejected_on_the_command_line_and_in_policies() {
         &dir.join("p.toml"),
         b"name = \"p\"\ntargets = [\"local\"]\n[source]\nkind = \"files\"\npaths = [\"/etc\"]\n[retention]\nkeep-weekly = 2\nkeep-daily = 0\n",
     );
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("p.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("p.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("p.toml:8:1") && stderr(&out).contains("keep-daily = 0"),
@@ -550,12 +545,7 @@ fn policy_check_reports_every_problem_of_every_file() {
         &dir.join("backstop.toml"),
         b"[targets.plain]\nrepo = \"/tmp/z\"\nencrypted = false\n",
     );
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("backstop.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("backstop.toml"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("settings, 1 target"),
@@ -567,11 +557,6 @@ fn policy_check_reports_every_problem_of_every_file() {
         &dir.join("backstop.toml"),
         b"[targets.plain]\nrepo = \"/tmp/z\"\nencrypted = false\npassword-env = \"A\"\n",
     );
-    let out = env
-        .cmd()
-        .args(["policy", "check"])
-        .arg(dir.join("backstop.toml"))
-        .output()
-        .unwrap();
+    let out = policy_check(&env, dir.join("backstop.toml"));
     assert_eq!(out.status.code(), Some(2));
 }
