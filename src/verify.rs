@@ -245,6 +245,10 @@ fn check_pack(repo: &Repo, index: &Index, id: &Id) -> Result<Vec<Id>> {
         if Id::hash(&bytes) == *id {
             break;
         }
+        tracing::info!(
+            "retrying {} after a transient error: it does not match its hash",
+            pack::path(id)
+        );
         bytes = repo.storage().read(&pack::path(id))?;
     }
     if Id::hash(&bytes) != *id {

@@ -239,7 +239,8 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
                         &data[lo..lo + e.stored_len as usize],
                         &e.header(),
                         repo.crypto(),
-                    );
+                    )
+                    .or_else(|err| reread_blob(repo, &path, &e).map_err(|_| err));
                     for (_, fi, off) in &group[k..m] {
                         let f = &files[*fi];
                         match &plain {
@@ -293,4 +294,26 @@ fn write_at(
     };
     f.write_all_at(data, offset)
         .map_err(|e| Error::io("writing", path, e))
+}
+
+/// A blob that failed its check is read again on its own, twice at most, before it counts
+/// as corrupt: a flipped bit in transfer is not damage in the repository.
+fn reread_blob(repo: &Repo, path: &str, e: &crate::repo::index::Entry) -> Result<Vec<u8>> {
+    let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.stored_len);
+    let mut last = None;
+    for _ in 0..2 {
+        tracing::info!(
+            "retrying {path} after a transient error: blob {} does not match its id",
+            e.id.short()
+        );
+        match repo
+            .storage()
+            .read_range(path, range.clone())
+            .and_then(|d| pack::open_blob(&d, &e.header(), repo.crypto()))
+        {
+            Ok(p) => return Ok(p),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.expect("two attempts"))
 }

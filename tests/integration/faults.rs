@@ -20,15 +20,19 @@ fn tree(env: &Env, seed: u64) -> std::path::PathBuf {
     src
 }
 
-/// An error is one line starting with "error:", never a panic (exit 101) or a backtrace.
+/// An error is one line starting with "error:", never a panic (exit 101) or a backtrace; a
+/// partial success (exit 3) names what failed and ends with a "warning:" summary.
 fn assert_clean_failure(out: &std::process::Output, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(101), "{what} panicked: {err}");
     assert!(out.status.code().is_some(), "{what} died by a signal");
-    assert!(
-        err.lines().any(|l| l.starts_with("error: ")),
-        "{what}: no clear error: {err}"
-    );
+    let clear = if out.status.code() == Some(3) {
+        let warnings = err.lines().filter(|l| l.starts_with("warning: ")).count();
+        warnings >= 1 && (warnings >= 2 || err.lines().any(|l| l.starts_with("FAILED: ")))
+    } else {
+        err.lines().any(|l| l.starts_with("error: "))
+    };
+    assert!(clear, "{what}: no clear error: {err}");
     assert!(!err.contains("panicked"), "{what}: {err}");
 }
 
@@ -56,84 +60,96 @@ fn every_fault_kind_is_retried_or_reported_and_nothing_corrupt_is_accepted() {
         "list-lag",
     ];
     for (n, kind) in kinds.iter().enumerate() {
-        let env = Env::new();
-        env.init();
-        let src = tree(&env, n as u64 + 1);
-        // Writes are few (packs, index, manifest, locks): strike them more often.
-        let p = if kind.starts_with("write") { 0.5 } else { 0.25 };
-        let faults = format!("{kind}={p},seed={n}");
-        let (mut injected, mut retried) = (0, 0);
-        let mut count = |out: &std::process::Output| {
-            let (i, r) = fault_counts(&String::from_utf8_lossy(&out.stderr), kind);
-            injected += i;
-            retried += r;
-        };
-        // Backup under faults: either it committed a complete snapshot, or it failed clearly
-        // and committed nothing.
-        let out = env
-            .run(&["backup"])
-            .arg(&src)
-            .env("BACKSTOP_FAULTS", &faults)
-            .env("BACKSTOP_LOG", "backstop=info")
-            .output()
-            .unwrap();
-        count(&out);
-        let committed = env.snapshots().len();
-        if out.status.success() {
-            assert_eq!(committed, 1, "{kind}");
-        } else {
-            assert_clean_failure(&out, kind);
-            assert_eq!(committed, 0, "{kind}: a failed backup committed a snapshot");
-            env.backup(&src, &[]);
-        }
-        // Without faults, the repository is intact.
-        env.run(&["verify", "--read-data"]).assert().success();
-        // Verify and restore under faults: success means correct, failure means clearly.
-        let out = env
-            .run(&["verify", "--read-data"])
-            .env("BACKSTOP_FAULTS", &faults)
-            .env("BACKSTOP_LOG", "backstop=info")
-            .output()
-            .unwrap();
-        count(&out);
-        if !out.status.success() {
-            assert_clean_failure(&out, kind);
-        }
-        let dest = env.path("out");
-        let out = env
-            .run(&["restore", "latest", "--target"])
-            .arg(&dest)
-            .env("BACKSTOP_FAULTS", &faults)
-            .env("BACKSTOP_LOG", "backstop=info")
-            .output()
-            .unwrap();
-        count(&out);
-        if out.status.success() {
-            assert_same_tree(&src, &dest);
-        } else {
-            assert_clean_failure(&out, kind);
-            // Whatever was restored is correct; failed files are not left behind.
-            let restored = if dest.exists() {
-                listing(&dest)
-            } else {
-                vec![]
-            };
-            for e in restored.iter().filter(|e| e.kind == "file") {
-                let rel = std::str::from_utf8(&e.path).unwrap();
-                assert_eq!(
-                    std::fs::read(dest.join(rel)).unwrap(),
-                    std::fs::read(src.join(rel)).unwrap(),
-                    "{kind}: {rel}"
-                );
-            }
-        }
+        // Which objects a seed strikes depends on their names, which differ every run (random
+        // repository keys): a seed that happens to strike nothing is tried again with another.
+        let (injected, retried) = (0..4)
+            .map(|attempt| fault_round(kind, n as u64 + 1, n + 10 * attempt))
+            .find(|&(i, r)| i >= 1 && (r >= 1 || *kind == "list-lag"))
+            .unwrap_or((0, 0));
         // The faults really fired, and the transient ones were retried.
-        assert!(injected >= 1, "{kind}: no fault injected");
-        if !matches!(*kind, "list-lag") {
-            assert!(retried >= 1, "{kind}: {injected} faults, none retried");
-        }
+        assert!(
+            injected >= 1,
+            "{kind}: no fault injected, or none retried, with 4 seeds"
+        );
         eprintln!("{kind}: {injected} injected, {retried} retried");
     }
+}
+
+/// One round of backup, verify and restore under `kind` faults with `seed`; returns the
+/// faults injected and the transient errors retried.
+fn fault_round(kind: &str, data_seed: u64, seed: usize) -> (usize, usize) {
+    let env = Env::new();
+    env.init();
+    let src = tree(&env, data_seed);
+    // Writes are few (packs, index, manifest, locks): strike them more often.
+    let p = if kind.starts_with("write") { 0.5 } else { 0.25 };
+    let faults = format!("{kind}={p},seed={seed}");
+    let (mut injected, mut retried) = (0, 0);
+    let mut count = |out: &std::process::Output| {
+        let (i, r) = fault_counts(&String::from_utf8_lossy(&out.stderr), kind);
+        injected += i;
+        retried += r;
+    };
+    // Backup under faults: either it committed a complete snapshot, or it failed clearly
+    // and committed nothing.
+    let out = env
+        .run(&["backup"])
+        .arg(&src)
+        .env("BACKSTOP_FAULTS", &faults)
+        .env("BACKSTOP_LOG", "backstop=info")
+        .output()
+        .unwrap();
+    count(&out);
+    let committed = env.snapshots().len();
+    if out.status.success() {
+        assert_eq!(committed, 1, "{kind}");
+    } else {
+        assert_clean_failure(&out, kind);
+        assert_eq!(committed, 0, "{kind}: a failed backup committed a snapshot");
+        env.backup(&src, &[]);
+    }
+    // Without faults, the repository is intact.
+    env.run(&["verify", "--read-data"]).assert().success();
+    // Verify and restore under faults: success means correct, failure means clearly.
+    let out = env
+        .run(&["verify", "--read-data"])
+        .env("BACKSTOP_FAULTS", &faults)
+        .env("BACKSTOP_LOG", "backstop=info")
+        .output()
+        .unwrap();
+    count(&out);
+    if !out.status.success() {
+        assert_clean_failure(&out, kind);
+    }
+    let dest = env.path("out");
+    let out = env
+        .run(&["restore", "latest", "--target"])
+        .arg(&dest)
+        .env("BACKSTOP_FAULTS", &faults)
+        .env("BACKSTOP_LOG", "backstop=info")
+        .output()
+        .unwrap();
+    count(&out);
+    if out.status.success() {
+        assert_same_tree(&src, &dest);
+    } else {
+        assert_clean_failure(&out, kind);
+        // Whatever was restored is correct; failed files are not left behind.
+        let restored = if dest.exists() {
+            listing(&dest)
+        } else {
+            vec![]
+        };
+        for e in restored.iter().filter(|e| e.kind == "file") {
+            let rel = std::str::from_utf8(&e.path).unwrap();
+            assert_eq!(
+                std::fs::read(dest.join(rel)).unwrap(),
+                std::fs::read(src.join(rel)).unwrap(),
+                "{kind}: {rel}"
+            );
+        }
+    }
+    (injected, retried)
 }
 
 #[test]
