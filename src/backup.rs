@@ -851,6 +851,21 @@ impl Walker<'_, '_> {
         res
     }
 
+    /// The `lstat` of an entry found in a walk; one that vanished or cannot be read is
+    /// skipped with a warning naming the cause.
+    fn lstat(&self, path: &Path) -> Option<Metadata> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.sh.warn(format!(
+                    "skipped: {}",
+                    crate::error::chain(&Error::io("reading", path, e))
+                ));
+                None
+            }
+        }
+    }
+
     /// A directory above given paths whose own content is not backed up: only the names
     /// leading to given paths.
     fn walk_above(&self, dir: &Path, parent: Option<&Tree>) -> Result<PendingTree> {
@@ -861,15 +876,8 @@ impl Walker<'_, '_> {
         for name in names {
             let path = dir.join(name);
             let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.sh.warn(format!(
-                        "skipped: {}",
-                        crate::error::chain(&Error::io("reading", &path, e))
-                    ));
-                    continue;
-                }
+            let Some(meta) = self.lstat(&path) else {
+                continue;
             };
             if self.given.contains(&path) {
                 tree.nodes
@@ -981,15 +989,8 @@ impl Walker<'_, '_> {
         };
         for name in entries {
             let path = dir.join(&name);
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.sh.warn(format!(
-                        "skipped: {}",
-                        crate::error::chain(&Error::io("reading", &path, e))
-                    ));
-                    continue;
-                }
+            let Some(meta) = self.lstat(&path) else {
+                continue;
             };
             let parent_node = parent.and_then(|t| t.find(name.as_encoded_bytes()));
             let node = if self.several && self.given.contains(&path) {
