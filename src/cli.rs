@@ -334,6 +334,23 @@ pub struct BackupArgs {
     /// holds up to 8 MiB; lower it to bound memory on a busy or small machine.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+    /// Back up the standard output of this command instead of files: stored as one file
+    /// (--stdin-filename), streamed, never in a temporary file. The line is split into words
+    /// as a shell would and run without a shell (use "sh -c '…'" for pipes). A non-zero exit
+    /// saves no snapshot. Example: --stdin-from-command 'pg_dump -Fc mydb'.
+    #[arg(long, value_name = "COMMAND", conflicts_with_all = ["paths", "policy", "exclude", "include", "one_file_system", "ignore_inode"])]
+    pub stdin_from_command: Option<String>,
+    /// The file name the command's output gets in the snapshot.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "stdin",
+        requires = "stdin_from_command"
+    )]
+    pub stdin_filename: String,
+    /// Stop the command and fail the backup after this long, e.g. 30m or 2h.
+    #[arg(long, value_name = "DURATION", requires = "stdin_from_command")]
+    pub timeout: Option<String>,
     /// Paths to back up.
     pub paths: Vec<PathBuf>,
 }

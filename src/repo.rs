@@ -29,7 +29,7 @@ pub use config::RepoConfig;
 pub use id::Id;
 pub use index::{Index, IndexFile, IndexPack};
 pub use snapshot::{BackupKind, Snapshot, Summary};
-pub use tree::{Node, NodeKind, Piece, Timestamp, Tree};
+pub use tree::{ContentList, Node, NodeKind, Piece, Timestamp, Tree};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Chunker, ChunkerParams, Crypto, KdfParams, KeyFile, MasterKey};
@@ -338,6 +338,30 @@ impl Repo {
     pub fn load_tree(&self, index: &Index, id: &Id) -> Result<Tree> {
         Tree::decode(&self.read_blob(index, id)?)
             .map_err(|e| e.context(format!("tree {}", id.short())))
+    }
+
+    /// A file's content as chunks and holes: each [`Piece::List`] replaced by the pieces it
+    /// stores (checked to cover the length it claims).
+    pub fn expand_content(&self, index: &Index, pieces: &[Piece]) -> Result<Vec<Piece>> {
+        let mut out = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            match p {
+                Piece::List(id, len) => {
+                    let list = tree::ContentList::decode(&self.read_blob(index, id)?)
+                        .map_err(|e| e.context(format!("content list {}", id.short())))?;
+                    if list.len() != *len {
+                        return Err(Error::corrupt(format!(
+                            "content list {} covers {} bytes, not the {len} its file says",
+                            id.short(),
+                            list.len()
+                        )));
+                    }
+                    out.extend(list.pieces);
+                }
+                p => out.push(*p),
+            }
+        }
+        Ok(out)
     }
 
     /// Lists snapshots, oldest first. A manifest that cannot be read, authenticated or

@@ -40,7 +40,7 @@ pub use walk::{Item, Walk};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
-use crate::repo::{Id, Node, NodeKind, Repo, Snapshot};
+use crate::repo::{Id, Node, NodeKind, Piece, Repo, Snapshot};
 use content::FileTask;
 use entry::{Decision, Temps};
 
@@ -319,6 +319,16 @@ pub fn run(
                     }
                 },
                 NodeKind::File => {
+                    let mut node = node;
+                    if node.content.iter().any(|p| matches!(p, Piece::List(..))) {
+                        match repo.expand_content(&index, &node.content) {
+                            Ok(c) => node.content = c,
+                            Err(e) => {
+                                fail(crate::error::chain(&e));
+                                continue;
+                            }
+                        }
+                    }
                     match entry::decide(&path, &node, opts.overwrite) {
                         Err(reason) => {
                             fail(reason);

@@ -339,10 +339,13 @@ fn walk(
                 }
             }
             NodeKind::File => {
-                let missing = node.content.iter().any(|p| match p {
-                    Piece::Chunk(id, _) => bad.contains(id) || !index.contains(id),
-                    Piece::Hole(_) => false,
-                });
+                let missing = match repo.expand_content(index, &node.content) {
+                    Ok(content) => content.iter().any(|p| match p {
+                        Piece::Chunk(id, _) => bad.contains(id) || !index.contains(id),
+                        _ => false,
+                    }),
+                    Err(_) => true,
+                };
                 if missing {
                     affected.push(path);
                 }

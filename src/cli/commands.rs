@@ -9,7 +9,7 @@ use super::progress::Bar;
 use super::{
     BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepairCommand, RepoArgs,
 };
-use crate::backup::BackupOptions;
+use crate::backup::{BackupOptions, SourceOptions};
 use crate::catalog::{Catalog, Recorder, RepoKey};
 use crate::config::{self, PasswordSource};
 use crate::error::{Error, ErrorKind, Result};
@@ -19,6 +19,8 @@ use crate::progress::{NoProgress, Progress};
 use crate::repo::prune::{PruneOptions, PruneReport};
 use crate::repo::{InitOptions, NodeKind, Repo};
 use crate::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
+use crate::source::command::CommandOptions;
+use crate::source::files::FilesOptions;
 use crate::storage::{Locking, Storage};
 use crate::verify::ReadData;
 use crate::{jobs, policy};
@@ -532,13 +534,17 @@ fn policy_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
-    let mut opts = BackupOptions {
+    let mut files = FilesOptions {
         paths: args.paths.clone(),
-        full: args.full,
         excludes: args.exclude.clone(),
         includes: args.include.clone(),
         one_file_system: args.one_file_system,
         ignore_inode: args.ignore_inode,
+        threads: 0,
+    };
+    let mut opts = BackupOptions {
+        source: SourceOptions::Files(Default::default()),
+        full: args.full,
         tags: args.tag.clone(),
         policy: None,
         compression: args.compression,
@@ -551,11 +557,11 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         Some(path) => {
             let lp = policy::load(path)?;
             let crate::policy::Source::Files(src) = &lp.policy.source;
-            opts.paths = src.paths.clone();
-            opts.excludes.extend(src.exclude.iter().cloned());
-            opts.includes.extend(src.include.iter().cloned());
-            opts.one_file_system |= src.one_file_system;
-            opts.ignore_inode |= src.ignore_inode;
+            files.paths = src.paths.clone();
+            files.excludes.extend(src.exclude.iter().cloned());
+            files.includes.extend(src.include.iter().cloned());
+            files.one_file_system |= src.one_file_system;
+            files.ignore_inode |= src.ignore_inode;
             opts.tags.extend(lp.policy.tags.iter().cloned());
             opts.compression = lp.policy.compression;
             opts.policy = Some(lp.policy.name.clone());
@@ -575,9 +581,29 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             (targets, lp.settings.catalog.map(|c| c.url))
         }
         None => {
-            if args.paths.is_empty() {
+            if let Some(command) = &args.stdin_from_command {
+                let timeout = match &args.timeout {
+                    Some(t) => Some(
+                        crate::policy::retention::parse_duration(t)
+                            .ok()
+                            .and_then(|d| d.to_std().ok())
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                Error::config(format!(
+                                    "--timeout: '{t}' is not a duration such as 90s, 30m or 2h"
+                                ))
+                            })?,
+                    ),
+                    None => None,
+                };
+                opts.source = SourceOptions::Command(CommandOptions {
+                    command: command.clone(),
+                    name: args.stdin_filename.clone(),
+                    timeout,
+                });
+            } else if args.paths.is_empty() {
                 return Err(Error::config(
-                    "nothing to back up: give PATHs or --policy FILE",
+                    "nothing to back up: give PATHs, --stdin-from-command COMMAND or --policy FILE",
                 ));
             }
             (
@@ -586,6 +612,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             )
         }
     };
+    if matches!(opts.source, SourceOptions::Files(_)) {
+        opts.source = SourceOptions::Files(files);
+    }
     let cat = ctx.recorder(catalog_url.as_deref());
     let mut results = Vec::new();
     let mut warnings = 0;
@@ -866,8 +895,11 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
     let crate::policy::Source::Files(src) = &lp.policy.source;
     let opts = BackupOptions {
-        paths: src.paths.clone(),
-        excludes: src.exclude.clone(),
+        source: SourceOptions::Files(FilesOptions {
+            paths: src.paths.clone(),
+            excludes: src.exclude.clone(),
+            ..Default::default()
+        }),
         compression: lp.policy.compression,
         policy: Some(lp.policy.name.clone()),
         ..Default::default()

@@ -319,10 +319,20 @@ pub fn used_blobs(repo: &Repo, index: &Index) -> Result<HashSet<Id>> {
         for n in t.nodes {
             match n.kind {
                 NodeKind::Dir => stack.extend(n.subtree),
-                _ => used.extend(n.content.iter().filter_map(|p| match p {
-                    Piece::Chunk(id, _) => Some(*id),
-                    Piece::Hole(_) => None,
-                })),
+                _ => {
+                    for p in &n.content {
+                        if let Piece::List(id, _) = p {
+                            used.insert(*id);
+                        }
+                    }
+                    let content = repo.expand_content(index, &n.content).map_err(|e| {
+                        e.context("prune needs every content list; run `backstop verify`")
+                    })?;
+                    used.extend(content.iter().filter_map(|p| match p {
+                        Piece::Chunk(id, _) => Some(*id),
+                        _ => None,
+                    }))
+                }
             }
         }
     }

@@ -65,9 +65,13 @@ pub struct Snapshot {
     pub hostname: String,
     /// User it ran as.
     pub username: String,
-    /// Source kind ("files").
+    /// Source kind ("files", "command", …).
     pub source: String,
-    /// Backed-up paths as given (absolute).
+    /// What was backed up, stable from run to run: parent selection and retention group by
+    /// it (with the kind). Empty in older manifests: see [`Snapshot::source_key`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// Backed-up paths as given (absolute); for other sources, what they name.
     pub paths: Vec<String>,
     /// Root tree.
     pub tree: Id,
@@ -105,8 +109,25 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// The stable key of what was backed up (for files: host and normalized paths).
+    pub fn source_key(&self) -> String {
+        if self.key.is_empty() {
+            files_key(&self.hostname, &self.paths)
+        } else {
+            self.key.clone()
+        }
+    }
+
     /// Encodes for sealing.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("snapshot serializes")
     }
+}
+
+/// The source key of a file backup: the host and the normalized paths, unambiguous.
+pub fn files_key(host: &str, paths: &[String]) -> String {
+    format!(
+        "{host}:{}",
+        serde_json::to_string(paths).expect("strings serialize")
+    )
 }

@@ -17,6 +17,19 @@ pub struct Timestamp {
     pub nsec: u32,
 }
 
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        }
+    }
+}
+
 /// What kind of file system entry a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeKind {
@@ -43,6 +56,11 @@ pub enum Piece {
     Chunk(Id, u32),
     /// A hole of this many bytes (reads as zeros, allocates nothing).
     Hole(u64),
+    /// A stored content list (a blob of [`Piece::Chunk`]s and [`Piece::Hole`]s, see
+    /// [`ContentList`]) covering this many bytes. A large file's content is a short list of
+    /// these, so its tree blob stays small and an unchanged stretch of the list is not
+    /// stored again; see [`crate::repo::Repo::expand_content`].
+    List(Id, u64),
 }
 
 impl Piece {
@@ -50,11 +68,45 @@ impl Piece {
     pub fn len(&self) -> u64 {
         match self {
             Piece::Chunk(_, n) => u64::from(*n),
-            Piece::Hole(n) => *n,
+            Piece::Hole(n) | Piece::List(_, n) => *n,
         }
     }
 
     /// Whether the piece covers no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The blob a [`Piece::List`] names: chunks and holes, never further lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentList {
+    /// Pieces in order.
+    pub pieces: Vec<Piece>,
+}
+
+impl ContentList {
+    /// Decodes a content list blob; a nested list is corrupt.
+    pub fn decode(plain: &[u8]) -> Result<Self> {
+        let l: ContentList = postcard::from_bytes(plain)
+            .map_err(|e| Error::corrupt(format!("content list is malformed: {e}")))?;
+        if l.pieces.iter().any(|p| matches!(p, Piece::List(..))) {
+            return Err(Error::corrupt("content list nests another list"));
+        }
+        Ok(l)
+    }
+
+    /// Encodes a content list blob.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("content list serializes")
+    }
+
+    /// Bytes of file the list covers.
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(Piece::len).sum()
+    }
+
+    /// Whether the list covers no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -216,6 +216,7 @@ mod tests {
             hostname: "h".into(),
             username: "u".into(),
             source: "files".into(),
+            key: String::new(),
             paths: paths.iter().map(|p| p.to_string()).collect(),
             tree: crate::repo::Id::random(),
             root: None,

@@ -1,241 +1,207 @@
-//! The `files` source: file system metadata to [`Node`]s, and file content as data extents.
+//! The `files` source: file trees walked, their metadata as nodes, their content chunked.
+//!
+//! Readers (threads) chunk files while the walker lists directories and builds trees
+//! bottom-up ([`walk`]); files whose size, times and inode match the parent snapshot's are
+//! taken from it unread. [`meta`] turns file system metadata into nodes.
 
-use std::ffi::OsStr;
-use std::fs::{File, Metadata};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+pub mod meta;
+mod walk;
 
-use serde_bytes::ByteBuf;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
-use crate::repo::{Node, NodeKind, Timestamp, tree::Xattr};
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
-/// Builds a node (without content or subtree) from `lstat` metadata.
-pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata) -> Result<Node> {
-    let ft = meta.file_type();
-    let kind = if ft.is_file() {
-        NodeKind::File
-    } else if ft.is_dir() {
-        NodeKind::Dir
-    } else if ft.is_symlink() {
-        NodeKind::Symlink
-    } else if ft.is_fifo() {
-        NodeKind::Fifo
-    } else if ft.is_char_device() {
-        NodeKind::CharDevice
-    } else if ft.is_block_device() {
-        NodeKind::BlockDevice
-    } else {
-        NodeKind::Socket
-    };
-    let target = if kind == NodeKind::Symlink {
-        let t = std::fs::read_link(path).map_err(|e| Error::io("reading symlink", path, e))?;
-        Some(ByteBuf::from(t.into_os_string().into_vec()))
-    } else {
-        None
-    };
-    Ok(Node {
-        name: ByteBuf::from(name.as_bytes().to_vec()),
-        kind,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime: Timestamp {
-            sec: meta.mtime(),
-            nsec: meta.mtime_nsec() as u32,
-        },
-        ctime: Timestamp {
-            sec: meta.ctime(),
-            nsec: meta.ctime_nsec() as u32,
-        },
-        dev: meta.dev(),
-        inode: meta.ino(),
-        links: meta.nlink(),
-        size: if kind == NodeKind::Dir {
-            0
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::Ingest;
+use crate::repo::Snapshot;
+use crate::source::{Read, Source};
+
+pub use meta::{
+    changed, data_extents, node_from_metadata, normalize, open_for_backup, pseudo_fs, read_xattrs,
+};
+
+/// What to back up of the file system, and how.
+#[derive(Clone, Debug, Default)]
+pub struct FilesOptions {
+    /// Paths to back up; one directory becomes the snapshot's root.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns of paths to leave out.
+    pub excludes: Vec<String>,
+    /// If not empty, only files matching one of these globs are backed up.
+    pub includes: Vec<String>,
+    /// Do not descend into other file systems.
+    pub one_file_system: bool,
+    /// Compare files with the parent without their inode number.
+    pub ignore_inode: bool,
+    /// Reader threads (0: one per CPU).
+    pub threads: usize,
+}
+
+/// The `files` source, its paths resolved and patterns compiled.
+pub struct Files {
+    opts: FilesOptions,
+    host: String,
+    roots: Roots,
+    excludes: Patterns,
+    includes: Option<Patterns>,
+}
+
+impl Files {
+    /// Checks the options: paths normalized (one missing path is an error, a missing path
+    /// among several a warning), patterns compiled.
+    pub fn open(opts: FilesOptions, host: &str) -> Result<Files> {
+        let roots = resolve_roots(&opts.paths)?;
+        let includes = if opts.includes.is_empty() {
+            None
         } else {
-            meta.size()
-        },
-        rdev: meta.rdev(),
-        content: Vec::new(),
-        subtree: None,
-        target,
-        xattrs: read_xattrs(path)?,
+            Some(Patterns::new("--include", &opts.includes)?)
+        };
+        Ok(Files {
+            excludes: Patterns::new("--exclude", &opts.excludes)?,
+            includes,
+            roots,
+            host: host.to_string(),
+            opts,
+        })
+    }
+}
+
+impl Source for Files {
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.roots.recorded.clone()
+    }
+
+    fn key(&self) -> String {
+        crate::repo::snapshot::files_key(&self.host, &self.roots.recorded)
+    }
+
+    fn read(&mut self, ingest: &Ingest, parent: Option<&Snapshot>) -> Result<Read> {
+        for w in std::mem::take(&mut self.roots.warnings) {
+            ingest.warn(w);
+        }
+        let threads = if self.opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            self.opts.threads
+        };
+        let (tree, root) = walk::run(
+            &walk::Ctx::new(ingest, &self.opts, &self.excludes, self.includes.as_ref()),
+            &self.roots.paths,
+            self.roots.recorded.len() > 1,
+            parent.map(|p| p.tree),
+            threads,
+        )?;
+        Ok(Read {
+            tree,
+            root,
+            read_all: parent.is_none(),
+        })
+    }
+}
+
+/// The paths of one backup, normalized.
+struct Roots {
+    /// Paths that exist: absolute, cleaned ([`normalize`]), sorted, each once.
+    paths: Vec<PathBuf>,
+    /// What the snapshot records (and parent selection and retention group by): every
+    /// normalized path given, so `t1/c`, `t1/c/` and `t1/a/../c` are one group, and a path
+    /// missing this time does not start a new group.
+    recorded: Vec<String>,
+    /// One per path that does not exist (when others do).
+    warnings: Vec<String>,
+}
+
+/// Normalizes the paths before anything is read. One missing path is an error; a missing
+/// path among several is a warning (the others are backed up; the backup is partial), as
+/// in restic and borg.
+fn resolve_roots(paths: &[PathBuf]) -> Result<Roots> {
+    if paths.is_empty() {
+        return Err(Error::config("nothing to back up: give at least one path"));
+    }
+    let mut norm = Vec::with_capacity(paths.len());
+    for p in paths {
+        if p.as_os_str().is_empty() {
+            return Err(Error::config("an empty path was given to back up"));
+        }
+        norm.push(normalize(p).map_err(|e| Error::io("resolving", p, e))?);
+    }
+    norm.sort();
+    norm.dedup();
+    let recorded = norm.iter().map(|p| p.display().to_string()).collect();
+    let several = norm.len() > 1;
+    let (mut existing, mut warnings) = (Vec::new(), Vec::new());
+    for p in norm {
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => existing.push(p),
+            Err(e) if several => warnings.push(format!(
+                "skipped: {}",
+                crate::error::chain(&Error::io("reading", &p, e))
+            )),
+            Err(e) => return Err(Error::io("reading", &p, e)),
+        }
+    }
+    if existing.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!("none of the paths can be read: {}", warnings.join("; ")),
+        ));
+    }
+    Ok(Roots {
+        paths: existing,
+        recorded,
+        warnings,
     })
 }
 
-use std::os::unix::ffi::OsStringExt;
-
-/// Extended attributes of `path` itself (symlinks not followed); none where unsupported.
-pub fn read_xattrs(path: &Path) -> Result<Vec<Xattr>> {
-    let names = match xattr::list(path) {
-        Ok(n) => n,
-        Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("listing extended attributes of", path, e)),
-    };
-    let mut out = Vec::new();
-    for name in names {
-        if let Some(value) = xattr::get(path, &name)
-            .map_err(|e| Error::io("reading extended attributes of", path, e))?
-        {
-            out.push(Xattr {
-                name: ByteBuf::from(name.into_vec()),
-                value: ByteBuf::from(value),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+/// Glob patterns of one kind (`--exclude` or `--include`), remembering which pattern each
+/// glob came from so a warning can name it.
+pub(crate) struct Patterns {
+    pub(crate) flag: &'static str,
+    pub(crate) set: GlobSet,
+    /// For each glob of `set`, its pattern.
+    source: Vec<String>,
 }
 
-fn is_unsupported(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA))
-}
-
-/// Opens a file for reading without following symlinks and, where allowed, without
-/// updating its access time.
-pub fn open_for_backup(path: &Path) -> std::io::Result<File> {
-    let open = |flags| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(libc::O_NOFOLLOW | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NOFOLLOW),
-        r => r,
-    }
-}
-
-/// The data extents `(offset, len)` of a file of `size` bytes; one extent unless sparse.
-pub fn data_extents(file: &File, meta: &Metadata) -> std::io::Result<Vec<(u64, u64)>> {
-    let size = meta.size();
-    if size == 0 {
-        return Ok(vec![]);
-    }
-    // Only a file with fewer allocated blocks than its size can have holes.
-    if meta.blocks() * 512 >= size {
-        return Ok(vec![(0, size)]);
-    }
-    use nix::unistd::{Whence, lseek};
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let size = size as i64;
-    while pos < size {
-        let start = match lseek(file, pos, Whence::SeekData) {
-            Ok(s) => s,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(nix::errno::Errno::EINVAL) => return Ok(vec![(0, size as u64)]),
-            Err(e) => return Err(e.into()),
+impl Patterns {
+    /// Compiles `patterns`; an empty (or blank) pattern is a configuration error naming
+    /// `flag`: `--exclude ''` used to match every path and back up nothing.
+    pub(crate) fn new(flag: &'static str, patterns: &[String]) -> Result<Self> {
+        let mut b = GlobSetBuilder::new();
+        let mut source = Vec::new();
+        let glob = |g: &str, p: &str| {
+            Glob::new(g).map_err(|e| Error::config(format!("{flag}: invalid glob '{p}': {e}")))
         };
-        let end = match lseek(file, start, Whence::SeekHole) {
-            Ok(e) => e.min(size),
-            Err(e) => return Err(e.into()),
-        };
-        if end > start {
-            out.push((start as u64, (end - start) as u64));
-        }
-        pos = end;
-    }
-    Ok(out)
-}
-
-/// Whether the file changed between two stats (content may be torn).
-pub fn changed(before: &Metadata, after: &Metadata) -> bool {
-    before.size() != after.size()
-        || before.mtime() != after.mtime()
-        || before.mtime_nsec() != after.mtime_nsec()
-        || before.ctime() != after.ctime()
-        || before.ctime_nsec() != after.ctime_nsec()
-        || before.ino() != after.ino()
-}
-
-/// `path` made absolute and cleaned lexically: `.` components and trailing `/` dropped,
-/// `..` resolved against the component before it (never above `/`).
-///
-/// Lexical, like restic's `filepath.Clean`: `DIR/link/..` names `DIR`, even when `link` is a
-/// symlink to a directory elsewhere (whose parent the kernel would take). What is recorded
-/// is then what the operator wrote, the same on every run, whatever the links point to.
-pub fn normalize(path: &Path) -> std::io::Result<std::path::PathBuf> {
-    use std::path::Component;
-    let abs = std::path::absolute(path)?;
-    let mut out = std::path::PathBuf::from("/");
-    for c in abs.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir => {
-                out.pop();
+        for p in patterns {
+            if p.trim().is_empty() {
+                return Err(Error::config(format!(
+                    "{flag}: empty pattern '{p}': give a glob such as '*.tmp' or '/var/cache/**'"
+                )));
             }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            b.add(glob(p, p)?);
+            source.push(p.clone());
+            // `dir/*` should also leave out `dir` itself; `*.log` matches at any depth.
+            if !p.starts_with('/') && !p.starts_with("**/") {
+                b.add(glob(&format!("**/{p}"), p)?);
+                source.push(p.clone());
+            }
         }
-    }
-    Ok(out)
-}
-
-/// Pseudo file systems whose files are kernel state, not data: `statfs` magic numbers
-/// (`linux/magic.h`) and names. `devtmpfs` shares tmpfs's number and is not listed: its
-/// device nodes are stored as nodes, never read.
-const PSEUDO_FS: &[(i64, &str)] = &[
-    (0x9fa0, "proc"),
-    (0x6265_6572, "sysfs"),
-    (0x1cd1, "devpts"),
-    (0x0027_e0eb, "cgroup"),
-    (0x6367_7270, "cgroup2"),
-    (0x6462_6720, "debugfs"),
-    (0x7472_6163, "tracefs"),
-    (0x7363_6673, "securityfs"),
-    (0x6165_676c, "pstore"),
-    (0xcafe_4a11, "bpf"),
-    (0x6265_6570, "configfs"),
-    (0x6573_5543, "fusectl"),
-    (0x1980_0202, "mqueue"),
-    (0x0187, "autofs"),
-    (0x4249_4e4d, "binfmt_misc"),
-    (0xde5e_81e4, "efivarfs"),
-    (0xf97c_ff8c, "selinuxfs"),
-    (0x4341_5d53, "smackfs"),
-    (0x6e73_6673, "nsfs"),
-    (0x6759_6969, "rpc_pipefs"),
-];
-
-/// The name of the pseudo file system `path` is on, if it is on one.
-pub fn pseudo_fs(path: &Path) -> Option<&'static str> {
-    let st = nix::sys::statfs::statfs(path).ok()?;
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.filesystem_type().0 as i64;
-    PSEUDO_FS
-        .iter()
-        .find(|(m, _)| *m == magic)
-        .map(|(_, name)| *name)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalize_resolves_dots_and_trailing_slashes_lexically() {
-        let cwd = std::env::current_dir().unwrap();
-        for (given, want) in [
-            ("/", "/".into()),
-            ("/.", "/".into()),
-            ("/..", "/".into()),
-            ("/etc/", "/etc".into()),
-            ("/etc/.", "/etc".into()),
-            ("/etc/ssh/..", "/etc".into()),
-            ("//etc//ssh/", "/etc/ssh".into()),
-            ("t1/a/../c", cwd.join("t1/c")),
-            ("t1/c/", cwd.join("t1/c")),
-            (".", cwd.clone()),
-        ] {
-            assert_eq!(normalize(Path::new(given)).unwrap(), want, "{given}");
-        }
+        let set = b
+            .build()
+            .map_err(|e| Error::config(format!("{flag}: invalid globs: {e}")))?;
+        Ok(Patterns { flag, set, source })
     }
 
-    #[test]
-    fn pseudo_fs_knows_proc_and_not_the_root_file_system() {
-        assert_eq!(pseudo_fs(Path::new("/proc/self")), Some("proc"));
-        assert_eq!(pseudo_fs(Path::new("/tmp")), None);
+    /// The first pattern matching `path`.
+    pub(crate) fn matching(&self, path: &Path) -> Option<&str> {
+        self.set
+            .matches(path)
+            .first()
+            .map(|&i| self.source[i].as_str())
     }
 }

@@ -538,6 +538,7 @@ fn verify_reports_unsafe_and_duplicate_entry_names() {
                 hostname: "h".into(),
                 username: "u".into(),
                 source: "files".into(),
+                key: String::new(),
                 paths: vec!["/x".into()],
                 tree,
                 root: None,

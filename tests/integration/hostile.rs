@@ -92,6 +92,7 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
         hostname: backstop::repo::hostname(),
         username: "evil".into(),
         source: "files".into(),
+        key: String::new(),
         paths: vec!["/srv".into()],
         tree: ids[0],
         root: None,

@@ -1,0 +1,269 @@
+//! The `command` source: a command's standard output stored as one file of the snapshot.
+//!
+//! The output is chunked as it arrives (no temporary file; memory bounded by the ingest's
+//! queues). The command runs without a shell (its line split as a shell would split it;
+//! give `sh -c '…'` for pipes), with standard input closed. A non-zero exit, a signal or
+//! the timeout fails the backup before anything is committed, naming the command, how it
+//! ended and the last lines it wrote to standard error.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::Ingest;
+use crate::pipeline::ingest::{Chunking, Counters};
+use crate::repo::{Node, NodeKind, Snapshot, Timestamp, Tree};
+use crate::source::{Read, Source};
+
+/// Lines of standard error kept for the error message.
+const STDERR_LINES: usize = 10;
+
+/// A command whose output to back up.
+#[derive(Clone, Debug, Default)]
+pub struct CommandOptions {
+    /// The command line, split into words as a shell would (quotes and backslashes), run
+    /// without a shell.
+    pub command: String,
+    /// The name of the file its output becomes in the snapshot.
+    pub name: String,
+    /// Stop the command (and the backup) after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// The `command` source, its command line parsed.
+pub struct Command {
+    opts: CommandOptions,
+    argv: Vec<String>,
+    host: String,
+}
+
+impl Command {
+    /// Checks the command line and the file name.
+    pub fn open(opts: CommandOptions, host: &str) -> Result<Command> {
+        let argv = shell_words::split(&opts.command).map_err(|e| {
+            Error::config(format!(
+                "--stdin-from-command: cannot split '{}': {e}",
+                opts.command
+            ))
+        })?;
+        if argv.is_empty() {
+            return Err(Error::config(
+                "--stdin-from-command: give the command to run, e.g. 'pg_dump -Fc mydb'",
+            ));
+        }
+        let n = opts.name.as_str();
+        if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+            return Err(Error::config(format!(
+                "--stdin-filename: '{n}' is not a file name (one path component, no '/')"
+            )));
+        }
+        Ok(Command {
+            opts,
+            argv,
+            host: host.to_string(),
+        })
+    }
+
+    /// The command as the operator gave it, for messages.
+    fn shown(&self) -> &str {
+        &self.opts.command
+    }
+}
+
+impl Source for Command {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn paths(&self) -> Vec<String> {
+        vec![self.opts.name.clone()]
+    }
+
+    fn key(&self) -> String {
+        format!("{}:{}", self.host, self.opts.name)
+    }
+
+    fn read(&mut self, ingest: &Ingest, _parent: Option<&Snapshot>) -> Result<Read> {
+        let started = Timestamp::now();
+        let mut child = std::process::Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot run the command '{}'", self.shown()),
+                )
+                .with_source(e)
+            })?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let pid = child.id();
+        // The watchdog stops the command when the timeout passes or the process is
+        // interrupted; `done` tells it the output ended.
+        let (done, ended) = crossbeam_channel::bounded::<()>(0);
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stored = std::thread::scope(|s| {
+            let tail2 = Arc::clone(&tail);
+            s.spawn(move || {
+                for line in BufReader::new(stderr).split(b'\n').map_while(|l| l.ok()) {
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    tracing::debug!("command stderr: {line}");
+                    let mut t = tail2.lock().expect("stderr lock");
+                    if t.len() == STDERR_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+            let (timeout, timed) = (self.opts.timeout, Arc::clone(&timed_out));
+            s.spawn(move || watchdog(pid, timeout, ended, &timed));
+            let res = ingest.store_stream(stdout, Chunking::Content);
+            drop(done);
+            if res.is_err() {
+                kill(pid);
+            }
+            res
+        });
+        let status = wait(&mut child, self.shown())?;
+        let fail = |why: String| {
+            let tail = tail.lock().expect("stderr lock");
+            let mut msg = format!("the command '{}' {why}", self.shown());
+            if !tail.is_empty() {
+                msg.push_str("; its last output on stderr:\n  ");
+                msg.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n  "));
+            }
+            Error::new(ErrorKind::Io, msg)
+        };
+        if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+            let after = humantime(self.opts.timeout.unwrap_or_default());
+            return Err(fail(format!("timed out after {after} and was stopped")));
+        }
+        if crate::interrupt::cancelled() {
+            return Err(Error::new(
+                ErrorKind::Interrupted,
+                format!(
+                    "{} stopped the backup and the command '{}'",
+                    crate::interrupt::signal_name(),
+                    self.shown()
+                ),
+            ));
+        }
+        // A storage failure stopped the command: it is the cause.
+        let (content, size) =
+            stored.map_err(|e| e.context(format!("storing the output of '{}'", self.shown())))?;
+        if let Some(why) = ended_badly(status) {
+            return Err(fail(why));
+        }
+        let c = &ingest.counters;
+        Counters::add(&c.files, 1);
+        Counters::add(&c.files_read, 1);
+        Counters::add(&c.bytes_total, size);
+        let node = Node {
+            name: serde_bytes::ByteBuf::from(self.opts.name.as_bytes().to_vec()),
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mtime: started,
+            ctime: started,
+            dev: 0,
+            inode: 0,
+            links: 1,
+            size,
+            rdev: 0,
+            content,
+            subtree: None,
+            target: None,
+            xattrs: Vec::new(),
+        };
+        let tree = ingest.store_tree(&Tree { nodes: vec![node] })?;
+        Ok(Read {
+            tree,
+            root: None,
+            read_all: true,
+        })
+    }
+}
+
+/// Waits for the end of the output (`ended` disconnects), the timeout, or an interrupt;
+/// stops the command in the latter two cases.
+fn watchdog(
+    pid: u32,
+    timeout: Option<Duration>,
+    ended: crossbeam_channel::Receiver<()>,
+    timed_out: &std::sync::atomic::AtomicBool,
+) {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        // Wake up now and then to notice an interrupt.
+        let tick = Duration::from_millis(200);
+        let wait = match deadline {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .min(tick),
+            None => tick,
+        };
+        match ended.recv_timeout(wait) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if crate::interrupt::cancelled() {
+            kill(pid);
+            return;
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+            kill(pid);
+            return;
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+fn wait(child: &mut Child, shown: &str) -> Result<ExitStatus> {
+    child.wait().map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("waiting for the command '{shown}' failed"),
+        )
+        .with_source(e)
+    })
+}
+
+/// How a command that failed ended, or `None` if it succeeded.
+fn ended_badly(status: ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        None
+    } else if let Some(code) = status.code() {
+        Some(format!("exited with status {code}"))
+    } else {
+        let sig = status.signal().unwrap_or(0);
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map(|s| s.as_str())
+            .unwrap_or("an unknown signal");
+        Some(format!("was killed by signal {sig} ({name})"))
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        format!("{s:.3}s").replace(".000s", "s")
+    } else {
+        format!("{}m{}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
