@@ -85,7 +85,7 @@ pub fn run<Z: TimeZone>(
                 .map(|(id, s)| Candidate {
                     id: *id,
                     time: s.time,
-                    group: format!("{} {}", s.hostname, s.paths.join(" ")),
+                    group: format!("{} {}", s.source, s.source_key()),
                     tags: s.tags.clone(),
                 })
                 .collect();

@@ -5,6 +5,7 @@ mod integration {
 
     mod backup_paths;
     mod cli;
+    mod command;
     mod corruption;
     mod crash;
     mod faults;

@@ -165,7 +165,7 @@ pub struct Candidate {
     pub id: Id,
     /// When it was taken.
     pub time: DateTime<Utc>,
-    /// Group key (host and paths): rules apply within a group.
+    /// Group key (source kind and key: host and paths for files): rules apply within a group.
     pub group: String,
     /// Its tags.
     pub tags: Vec<String>,
