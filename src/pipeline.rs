@@ -4,9 +4,7 @@ pub mod chunker;
 pub mod compress;
 pub mod crypto;
 pub mod ingest;
-pub mod packer;
 
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{Crypto, KdfParams, KeyFile, MasterKey};
 pub use ingest::{Chunking, Ingest};
-pub use packer::Packer;

@@ -14,20 +14,21 @@
 //! manifest exists has all its data, and a crash leaves at worst unreferenced packs.
 
 pub mod config;
-pub mod id;
 pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod prune;
 pub mod repair;
+pub mod roots;
 pub mod snapshot;
 pub mod tree;
 
 use std::sync::Arc;
 
+pub use crate::id::Id;
 pub use config::RepoConfig;
-pub use id::Id;
 pub use index::{Index, IndexFile, IndexPack};
+pub use roots::{Root, RootKind, Roots};
 pub use snapshot::{BackupKind, Snapshot, Summary};
 pub use tree::{ContentList, Node, NodeKind, Piece, Timestamp, Tree};
 
@@ -272,7 +273,7 @@ impl Repo {
     }
 
     /// Stores a finished pack (verified by read-back) and returns its index record.
-    pub fn store_pack(&self, p: crate::pipeline::packer::FinishedPack) -> Result<IndexPack> {
+    pub fn store_pack(&self, p: pack::FinishedPack) -> Result<IndexPack> {
         let size = p.bytes.len() as u64;
         self.storage
             .write_verified(&pack::path(&p.id), p.bytes, &p.id)?;

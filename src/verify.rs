@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::pack;
-use crate::repo::{Id, Index, NodeKind, Piece, Repo};
+use crate::repo::roots::{Visit, Walk};
+use crate::repo::{Id, Index, Piece, Repo};
 
 /// How much data to re-read.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,14 +86,14 @@ pub fn run(
 ) -> Result<VerifyReport> {
     let _lock = crate::repo::lock::acquire(repo.storage(), false, "verify", retry_lock)?;
     let index = repo.load_index()?;
-    let snapshots = repo.snapshots()?;
+    let roots = repo.roots()?;
     let mut report = VerifyReport {
-        snapshots: snapshots.len(),
+        snapshots: roots.roots.len(),
         packs: index.packs().len(),
         blobs: index.entries().len(),
         ..Default::default()
     };
-    for d in &snapshots.damaged {
+    for d in &roots.damaged {
         report.problems.push(Problem {
             message: format!(
                 "snapshot manifest {} is damaged: {} (`backstop repair snapshots` sets it aside)",
@@ -191,19 +192,12 @@ pub fn run(
         report.checked.push(PackCheck { pack: id, error });
     }
 
-    // Structure: every snapshot's trees and chunks must be indexed (and not known bad).
-    for (sid, snap) in &snapshots {
+    // Structure: every root's trees and chunks must be indexed (and not known bad).
+    for root in &roots.roots {
+        let sid = &root.id;
         let mut paths = Vec::new();
         let mut names = Vec::new();
-        walk(
-            repo,
-            &index,
-            &bad_blobs,
-            snap.tree,
-            String::new(),
-            &mut paths,
-            &mut names,
-        );
+        walk(repo, &index, &bad_blobs, root.tree, &mut paths, &mut names);
         // A name restore would refuse makes the snapshot unrestorable: a problem.
         for n in names {
             report.problems.push(Problem {
@@ -288,58 +282,51 @@ fn check_pack(repo: &Repo, index: &Index, id: &Id) -> Result<Vec<Id>> {
     Ok(bad)
 }
 
+/// Walks one snapshot: paths that cannot be restored intact go to `affected`, names restore
+/// would refuse to `names`.
 fn walk(
     repo: &Repo,
     index: &Index,
     bad: &HashSet<Id>,
     tree: Id,
-    prefix: String,
     affected: &mut Vec<String>,
     names: &mut Vec<String>,
 ) {
-    let t = if bad.contains(&tree) || !index.contains(&tree) {
-        Err(crate::error::Error::corrupt(format!(
-            "tree {} is missing or corrupt",
-            tree.short()
-        )))
-    } else {
-        repo.load_tree(index, &tree)
-    };
-    let t = match t {
-        Ok(t) => t,
-        Err(e) => {
-            affected.push(format!("{}/ (whole directory: {e})", prefix));
-            return;
-        }
-    };
-    let mut seen = HashSet::new();
-    for node in &t.nodes {
-        let problem = if !node.has_safe_name() {
-            "not a plain file name"
-        } else if !seen.insert(&node.name) {
-            "a duplicate entry"
-        } else {
-            continue;
-        };
-        names.push(format!(
-            "entry {:?} in {}/: {problem}",
-            String::from_utf8_lossy(&node.name),
-            prefix
-        ));
-    }
-    for node in t.nodes {
-        if !node.has_safe_name() {
-            continue;
-        }
-        let path = format!("{prefix}/{}", String::from_utf8_lossy(&node.name));
-        match node.kind {
-            NodeKind::Dir => {
-                if let Some(sub) = node.subtree {
-                    walk(repo, index, bad, sub, path, affected, names);
+    let shown = |path: &str| format!("/{path}");
+    Walk::new(repo, index)
+        .distrusting(bad)
+        .run(tree, &mut |v| match v {
+            Visit::Unreadable { path, error, .. } => {
+                let dir = if path.is_empty() {
+                    "/".to_string()
+                } else {
+                    format!("/{path}/")
+                };
+                affected.push(format!("{dir} (whole directory: {error})"));
+            }
+            Visit::Tree { path, tree, .. } => {
+                let mut seen = HashSet::new();
+                for node in &tree.nodes {
+                    let problem = if !node.has_safe_name() {
+                        "not a plain file name"
+                    } else if !seen.insert(&node.name) {
+                        "a duplicate entry"
+                    } else {
+                        continue;
+                    };
+                    let dir = if path.is_empty() {
+                        String::new()
+                    } else {
+                        shown(path)
+                    };
+                    names.push(format!(
+                        "entry {:?} in {dir}/: {problem}",
+                        String::from_utf8_lossy(&node.name),
+                    ));
                 }
             }
-            NodeKind::File => {
-                let missing = match repo.expand_content(index, &node.content) {
+            Visit::File { path, content, .. } => {
+                let missing = match content {
                     Ok(content) => content.iter().any(|p| match p {
                         Piece::Chunk(id, _) => bad.contains(id) || !index.contains(id),
                         _ => false,
@@ -347,10 +334,8 @@ fn walk(
                     Err(_) => true,
                 };
                 if missing {
-                    affected.push(path);
+                    affected.push(shown(path));
                 }
             }
-            _ => {}
-        }
-    }
+        });
 }

@@ -13,7 +13,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::Id;
+use crate::id::Id;
 
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;

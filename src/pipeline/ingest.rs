@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::Packer;
-use crate::pipeline::packer::{FinishedPack, seal_blob};
 use crate::progress::Progress;
 use crate::repo::lock::LockGuard;
+use crate::repo::pack::Packer;
 use crate::repo::pack::{self, BlobKind};
+use crate::repo::pack::{FinishedPack, seal_blob};
 use crate::repo::{ContentList, Id, Index, IndexPack, Piece, Repo, Tree};
 
 /// How a stream is cut into chunks.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Datelike, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Id;
+use crate::id::Id;
 
 /// Retention rules, as written in a policy's `[retention]` table or given as flags.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::Args)]

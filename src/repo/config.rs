@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::id::Id;
 use crate::pipeline::{ChunkerParams, MasterKey};
-use crate::repo::Id;
 
 /// Repository format version written by this program.
 pub const FORMAT_VERSION: u32 = 1;

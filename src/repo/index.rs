@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Id;
+use crate::id::Id;
 use crate::repo::pack::{BlobKind, HeaderEntry, Located};
 
 /// One pack as an index file lists it.

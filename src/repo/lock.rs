@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::Id;
+use crate::id::Id;
 use crate::storage::{Listed, Storage};
 
 /// How long a lock is valid without refresh by default: 30 minutes.

@@ -24,10 +24,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::pipeline::Packer;
-use crate::pipeline::packer::SealedBlob;
 use crate::repo::index::{IndexFile, IndexPack};
-use crate::repo::{Id, Index, NodeKind, Piece, Repo, id_from_path, pack};
+use crate::repo::pack::Packer;
+use crate::repo::pack::SealedBlob;
+use crate::repo::{Id, Index, Repo, id_from_path, pack};
 
 /// Prune options.
 #[derive(Clone, Debug)]
@@ -294,49 +294,21 @@ fn mark_path(pack: &Id) -> String {
     format!("marks/{pack}")
 }
 
-/// Every blob (trees and chunks) the repository's snapshots reference.
+/// Every blob (trees, content lists and chunks) the repository's roots reference.
 pub fn used_blobs(repo: &Repo, index: &Index) -> Result<HashSet<Id>> {
-    let mut used = HashSet::new();
-    let list = repo.snapshots()?;
+    let roots = repo.roots()?;
     // A manifest that cannot be read still references data nobody can see: deleting by
     // "unreferenced" would be a guess. Refuse until `repair snapshots` has set it aside.
-    if !list.damaged.is_empty() {
-        let names: Vec<&str> = list.damaged.iter().map(|d| d.path.as_str()).collect();
+    if !roots.damaged.is_empty() {
+        let names: Vec<&str> = roots.damaged.iter().map(|d| d.path.as_str()).collect();
         return Err(crate::error::Error::corrupt(format!(
             "cannot tell what {} damaged snapshot manifest(s) reference ({}): run `backstop repair snapshots` to set them aside first",
             names.len(),
             names.join(", ")
         )));
     }
-    let mut stack: Vec<Id> = list.into_iter().map(|(_, s)| s.tree).collect();
-    while let Some(tree) = stack.pop() {
-        if !used.insert(tree) {
-            continue;
-        }
-        let t = repo
-            .load_tree(index, &tree)
-            .map_err(|e| e.context("prune needs every tree; run `backstop verify`"))?;
-        for n in t.nodes {
-            match n.kind {
-                NodeKind::Dir => stack.extend(n.subtree),
-                _ => {
-                    for p in &n.content {
-                        if let Piece::List(id, _) = p {
-                            used.insert(*id);
-                        }
-                    }
-                    let content = repo.expand_content(index, &n.content).map_err(|e| {
-                        e.context("prune needs every content list; run `backstop verify`")
-                    })?;
-                    used.extend(content.iter().filter_map(|p| match p {
-                        Piece::Chunk(id, _) => Some(*id),
-                        _ => None,
-                    }))
-                }
-            }
-        }
-    }
-    Ok(used)
+    crate::repo::roots::reachable(repo, index, &roots.roots)
+        .map_err(|e| e.context("prune needs every tree and content list; run `backstop verify`"))
 }
 
 /// Copies the used blobs of `packs` (those no other unmarked pack holds) into new packs,

@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::pipeline::Packer;
-use crate::pipeline::packer::SealedBlob;
 use crate::repo::index::{IndexBlob, IndexPack};
+use crate::repo::pack::Packer;
+use crate::repo::pack::SealedBlob;
 use crate::repo::{Id, Repo, id_from_path, pack};
 
 /// What repair found and did.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Id;
+use crate::id::Id;
 
 /// Whether a backup re-read everything or trusted its parent for unchanged files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::{Error, Result};
-use crate::repo::Id;
+use crate::id::Id;
 
 /// A point in time with nanoseconds, any year (seconds since the epoch may be negative).
 #[derive(

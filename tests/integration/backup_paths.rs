@@ -466,8 +466,9 @@ fn pseudo_file_systems_inside_a_tree_are_not_read() {
 /// and the entry.
 #[test]
 fn verify_reports_unsafe_and_duplicate_entry_names() {
-    use backstop::pipeline::{ChunkerParams, Crypto, KdfParams, Packer};
+    use backstop::pipeline::{ChunkerParams, Crypto, KdfParams};
     use backstop::repo::index::IndexBlob;
+    use backstop::repo::pack::Packer;
     use backstop::repo::pack::{self, BlobKind};
     use backstop::repo::{
         BackupKind, IndexPack, InitOptions, Node, NodeKind, Repo, Snapshot, Timestamp, Tree,

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_bytes::ByteBuf;
 
-use backstop::pipeline::{ChunkerParams, Crypto, KdfParams, Packer};
+use backstop::pipeline::{ChunkerParams, Crypto, KdfParams};
 use backstop::repo::index::IndexBlob;
+use backstop::repo::pack::Packer;
 use backstop::repo::pack::{self, BlobKind};
 use backstop::repo::{
     BackupKind, Id, IndexPack, InitOptions, Node, NodeKind, Piece, Repo, Snapshot, Timestamp, Tree,

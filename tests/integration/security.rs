@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use backstop::pipeline::{Crypto, KdfParams, KeyFile, MasterKey, Packer};
+use backstop::pipeline::{Crypto, KdfParams, KeyFile, MasterKey};
+use backstop::repo::pack::Packer;
 use backstop::repo::pack::{self, BlobKind};
 use backstop::repo::{Id, Repo};
 use backstop::storage::Storage;
