@@ -82,6 +82,31 @@ pub struct RepoArgs {
     pub password_command: Option<String>,
 }
 
+/// The other repository of `init --copy-chunker-params`.
+#[derive(Debug, Args)]
+pub struct FromRepoArgs {
+    /// The repository whose chunker parameters to copy.
+    #[arg(long, value_name = "REPO")]
+    pub from_repo: Option<String>,
+    /// Its password, from the first line of this file (or BACKSTOP_FROM_PASSWORD; by default
+    /// the password of the new repository).
+    #[arg(
+        long,
+        env = "BACKSTOP_FROM_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "from_repo"
+    )]
+    pub from_password_file: Option<PathBuf>,
+    /// Its password, from the first line this shell command prints.
+    #[arg(
+        long,
+        env = "BACKSTOP_FROM_PASSWORD_COMMAND",
+        value_name = "CMD",
+        requires = "from_repo"
+    )]
+    pub from_password_command: Option<String>,
+}
+
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -94,6 +119,13 @@ pub enum Command {
         /// Store data unencrypted (only for storage you fully trust).
         #[arg(long)]
         no_encryption: bool,
+        /// Chunk and name data exactly as the repository --from-repo does, so the same data
+        /// makes the same blobs in both and copies between them need no re-chunking. Both
+        /// must be encrypted, or both not.
+        #[arg(long, requires = "from_repo")]
+        copy_chunker_params: bool,
+        #[command(flatten)]
+        from: FromRepoArgs,
     },
     /// Back up paths (or a policy's source) into a repository.
     ///

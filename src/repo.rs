@@ -48,6 +48,29 @@ pub struct InitOptions {
     pub kdf: KdfParams,
     /// Chunk size bounds.
     pub chunker: ChunkerParams,
+    /// Chunk the way another repository does and name chunks as it does
+    /// (`init --copy-chunker-params --from-repo`): then the same data makes the same blobs
+    /// in both, and a copy between them moves blobs without chunking or hashing again.
+    /// Overrides `chunker`.
+    pub chunking_of: Option<Chunking>,
+}
+
+/// How a repository cuts and names chunks: what two repositories must share for their
+/// blobs to be the same. Secret in an encrypted repository.
+#[derive(Clone)]
+pub struct Chunking {
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// The gear seed of the chunker.
+    pub chunker_seed: u64,
+    /// The key of chunk ids (`None`: unencrypted, plain BLAKE3).
+    pub id_key: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Chunking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chunking({:?}, <secret seed and key>)", self.chunker)
+    }
 }
 
 /// An open repository.
@@ -89,11 +112,21 @@ impl Repo {
             tracing::warn!("removing {} left by an interrupted init", k.path);
             storage.delete(&k.path)?;
         }
+        if let Some(c) = &opts.chunking_of
+            && c.id_key.is_some() != opts.passphrase.is_some()
+        {
+            return Err(Error::config(
+                "chunker parameters can only be shared between two encrypted or two unencrypted repositories (their chunk ids are made differently)",
+            ));
+        }
         let mut config = RepoConfig {
             version: config::FORMAT_VERSION,
             id: Id::random(),
             encrypted: opts.passphrase.is_some(),
-            chunker: opts.chunker,
+            chunker: opts
+                .chunking_of
+                .as_ref()
+                .map_or(opts.chunker, |c| c.chunker),
             pack_size: PACK_SIZE,
             mac: None,
         };
@@ -101,7 +134,11 @@ impl Repo {
         let res = (|| -> Result<Crypto> {
             let crypto = match &opts.passphrase {
                 Some(p) => {
-                    let key = MasterKey::generate();
+                    let mut key = MasterKey::generate();
+                    if let Some(c) = &opts.chunking_of {
+                        key.chunker_seed = c.chunker_seed;
+                        key.id = c.id_key.expect("checked above");
+                    }
                     config.sign(&key);
                     let kf = serde_json::to_vec_pretty(&KeyFile::wrap(&key, p, opts.kdf)?)
                         .expect("key file serializes");
@@ -248,6 +285,15 @@ impl Repo {
     /// A chunker for this repository's parameters and key.
     pub fn chunker(&self) -> Chunker {
         Chunker::new(self.config.chunker, self.crypto.chunker_seed())
+    }
+
+    /// How this repository cuts and names chunks, for a repository that is to share it.
+    pub fn chunking(&self) -> Chunking {
+        Chunking {
+            chunker: self.config.chunker,
+            chunker_seed: self.crypto.chunker_seed(),
+            id_key: self.crypto.id_key(),
+        }
     }
 
     /// Reads and opens a sealed content-addressed object, checking its name first.

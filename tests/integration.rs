@@ -9,6 +9,7 @@ mod integration {
     mod corruption;
     mod crash;
     mod faults;
+    mod format;
     mod hostile;
     mod locking;
     mod memory;

@@ -122,7 +122,34 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
         Command::Init {
             repo,
             no_encryption,
+            copy_chunker_params,
+            from,
         } => {
+            let chunking_of = match (&from.from_repo, *copy_chunker_params) {
+                (Some(other), true) => {
+                    let pw = PasswordSource {
+                        password_env: std::env::var_os("BACKSTOP_FROM_PASSWORD")
+                            .map(|_| "BACKSTOP_FROM_PASSWORD".into()),
+                        password_file: from.from_password_file.clone(),
+                        password_command: from.from_password_command.clone(),
+                    };
+                    // By default the other repository has the same password.
+                    let pw = if pw.is_empty() {
+                        password_source(repo)
+                    } else {
+                        pw
+                    };
+                    let r = Repo::open(ctx.storage(other)?, || pw.read())
+                        .map_err(|e| e.context(format!("opening --from-repo {other}")))?;
+                    Some(r.chunking())
+                }
+                (Some(_), false) => {
+                    return Err(Error::config(
+                        "--from-repo is used with --copy-chunker-params",
+                    ));
+                }
+                _ => None,
+            };
             let storage = ctx.storage(Ctx::repo_location(repo)?)?;
             let passphrase = if *no_encryption {
                 None
@@ -135,6 +162,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     passphrase,
                     kdf: KdfParams::default(),
                     chunker: ChunkerParams::default(),
+                    chunking_of,
                 },
             )?;
             ctx.recorder(None).with(|c| c.touch_repo(&RepoKey::of(&r)));
@@ -889,6 +917,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
                 passphrase: Some(target.password.read()?),
                 kdf: KdfParams::default(),
                 chunker: ChunkerParams::default(),
+                chunking_of: None,
             },
         )?
     };

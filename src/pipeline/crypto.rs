@@ -94,6 +94,14 @@ impl Crypto {
         }
     }
 
+    /// The key of chunk ids (`None` when unencrypted: ids are plain BLAKE3).
+    pub fn id_key(&self) -> Option<[u8; 32]> {
+        match self {
+            Crypto::None => None,
+            Crypto::Keyed { id_key, .. } => Some(*id_key),
+        }
+    }
+
     /// Whether objects are encrypted.
     pub fn is_encrypted(&self) -> bool {
         matches!(self, Crypto::Keyed { .. })

@@ -503,6 +503,7 @@ fn verify_reports_unsafe_and_duplicate_entry_names() {
             passphrase: None,
             kdf: KdfParams::default(),
             chunker: ChunkerParams::default(),
+            chunking_of: None,
         },
     )
     .unwrap();

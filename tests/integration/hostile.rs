@@ -62,6 +62,7 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
                 passphrase: None,
                 kdf: KdfParams::default(),
                 chunker: ChunkerParams::default(),
+                chunking_of: None,
             },
         )
         .unwrap()
