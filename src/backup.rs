@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::pipeline::ingest::{self, Counters, Settings, Stored};
 use crate::progress::Progress;
@@ -38,6 +39,8 @@ pub struct BackupOptions {
     pub retry_lock: std::time::Duration,
     /// Packs known to be damaged (from the catalog's verification record): not trusted.
     pub damaged_packs: HashSet<Id>,
+    /// Stops the backup (nothing committed) once cancelled.
+    pub cancel: Cancel,
 }
 
 /// The source of a backup and its own options.
@@ -111,7 +114,8 @@ pub fn run_source(
     let time = chrono::Utc::now();
     let hostname = crate::repo::hostname();
     let (kind, key) = (source.kind(), source.key());
-    let lock = crate::repo::lock::acquire(repo.storage(), false, "backup", opts.retry_lock)?;
+    let lock = crate::repo::lock::acquire(repo.storage(), false, "backup", opts.retry_lock)?
+        .watching(&opts.cancel);
     crate::failpoint::hit("after-lock");
     let mut index = repo.load_index()?;
     // Trust only packs that exist and did not fail verification: data the index lists in a
@@ -145,6 +149,7 @@ pub fn run_source(
     let settings = Settings {
         compression: opts.compression,
         threads,
+        cancel: opts.cancel.clone(),
     };
     let (read, stored) = ingest::run(repo, &index, &lock, settings, progress, |ingest| {
         source.read(ingest, parent.as_ref().map(|(_, s)| s))

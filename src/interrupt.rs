@@ -37,6 +37,13 @@ pub fn cancelled() -> bool {
     CANCELLED.load(Ordering::SeqCst)
 }
 
+/// The process's cancellation token: SIGINT and SIGTERM cancel it (the CLI hands it to the
+/// engines; the daemon makes one child per job).
+pub fn token() -> crate::cancel::Cancel {
+    static TOKEN: std::sync::OnceLock<crate::cancel::Cancel> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(crate::cancel::Cancel::new).clone()
+}
+
 /// The signal that cancelled the process, by name.
 pub fn signal_name() -> &'static str {
     match SIGNAL.load(Ordering::SeqCst) {
@@ -156,6 +163,7 @@ fn watch(fd: i32) {
         if !got {
             continue;
         }
+        token().cancel(signal_name());
         if first.is_none() && COOPERATING.load(Ordering::SeqCst) > 0 {
             first = Some(Instant::now());
             say(format_args!(

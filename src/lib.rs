@@ -6,6 +6,7 @@
 //! history. See `docs/` for the design.
 
 pub mod backup;
+pub mod cancel;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod storage;
 pub mod verify;
 
 pub use backup::{BackupOptions, BackupOutcome};
+pub use cancel::Cancel;
 pub use catalog::Catalog;
 pub use error::{Error, ErrorKind, Result};
 pub use id::Id;

@@ -579,7 +579,10 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         threads: args.threads.map_or(0, usize::from),
         retry_lock: retry_lock(&args.repo)?,
         damaged_packs: Default::default(),
+        cancel: crate::interrupt::token(),
     };
+    // A signal cancels the backup, which stops at its next step and releases its lock.
+    let _cooperation = crate::interrupt::cooperate();
     // Each target: (label, repo). From a policy, or the one --repo.
     let (targets, catalog_url) = match &args.policy {
         Some(path) => {

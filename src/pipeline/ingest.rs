@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::repo::lock::LockGuard;
@@ -92,12 +93,14 @@ pub struct Stored {
 }
 
 /// Settings of one run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// zstd level (0 disables compression).
     pub compression: i32,
     /// Sealer threads.
     pub threads: usize,
+    /// Stops the run once cancelled.
+    pub cancel: Cancel,
 }
 
 /// The shared sink of one backup run: dedup set, packer, sealers, upload slots, counters.
@@ -113,6 +116,7 @@ pub struct Ingest<'a> {
     warnings: Mutex<Vec<String>>,
     notes: Mutex<Vec<String>>,
     progress: &'a dyn Progress,
+    cancel: Cancel,
 }
 
 /// What the sealers share with the ingest.
@@ -166,6 +170,7 @@ pub fn run<T>(
         progress,
     };
     let threads = settings.threads.max(1);
+    let cancel = settings.cancel.clone();
     let (blob_tx, blob_rx) = bounded::<Blob>(threads);
     let ingest = Ingest {
         repo,
@@ -177,6 +182,7 @@ pub fn run<T>(
         warnings: Mutex::new(Vec::new()),
         notes: Mutex::new(Vec::new()),
         progress,
+        cancel: settings.cancel.clone(),
     };
     let result = std::thread::scope(|s| {
         let sealers: Vec<_> = (0..threads)
@@ -208,6 +214,7 @@ pub fn run<T>(
     if !last.is_empty() {
         packing.upload(last.finish(repo.crypto()));
     }
+    cancel.check()?;
     // A storage failure is the cause of whatever the source then reported.
     if let Some(e) = packing.error.into_inner().expect("error lock") {
         // A process frozen past its lock's expiry may find its temporary files pruned:
@@ -243,9 +250,14 @@ impl Ingest<'_> {
         self.progress
     }
 
-    /// Whether the run has failed (sources stop early).
+    /// Whether the run has failed or was cancelled: sources stop early.
     pub fn failed(&self) -> bool {
-        self.packing.failed()
+        self.packing.failed() || self.cancel.is_cancelled()
+    }
+
+    /// The run's cancellation token.
+    pub fn cancel(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// Records a failure; the run returns the first one.

@@ -245,6 +245,8 @@ pub struct LockGuard {
     refresher: Option<std::thread::JoinHandle<()>>,
     /// Removes the lock object if a signal stops the process (see `crate::interrupt`).
     _on_signal: Option<crate::interrupt::OnExit>,
+    /// The operation's cancellation token, checked with the lock.
+    cancel: Option<crate::cancel::Cancel>,
 }
 
 impl LockGuard {
@@ -253,9 +255,19 @@ impl LockGuard {
         self.held.is_some()
     }
 
-    /// Fails if the lock may have expired (not refreshed in time): the operation must stop
-    /// before committing anything.
+    /// Makes [`LockGuard::check`] fail once `cancel` is cancelled too: every place an
+    /// operation checks its lock is a place it stops when cancelled.
+    pub fn watching(mut self, cancel: &crate::cancel::Cancel) -> Self {
+        self.cancel = Some(cancel.clone());
+        self
+    }
+
+    /// Fails if the operation was cancelled, or if the lock may have expired (not refreshed
+    /// in time): the operation must stop before committing anything.
     pub fn check(&self) -> Result<()> {
+        if let Some(c) = &self.cancel {
+            c.check()?;
+        }
         let Some(held) = &self.held else {
             return Ok(());
         };
@@ -301,6 +313,7 @@ pub fn acquire(
             held: None,
             refresher: None,
             _on_signal: None,
+            cancel: None,
         });
     }
     let deadline = Instant::now() + retry;
@@ -354,6 +367,7 @@ pub fn acquire(
                 held: None,
                 refresher: None,
                 _on_signal: None,
+                cancel: None,
             });
         }
         // A lock whose write was undone (by a prune clearing temporary objects) under a
@@ -394,6 +408,7 @@ pub fn acquire(
         held: Some(held),
         refresher: Some(refresher),
         _on_signal: Some(on_signal),
+        cancel: None,
     })
 }
 

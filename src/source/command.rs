@@ -123,7 +123,8 @@ impl Source for Command {
                 }
             });
             let (timeout, timed) = (self.opts.timeout, Arc::clone(&timed_out));
-            s.spawn(move || watchdog(pid, timeout, ended, &timed));
+            let cancel = ingest.cancel().clone();
+            s.spawn(move || watchdog(pid, timeout, ended, &timed, &cancel));
             let res = ingest.store_stream(stdout, Chunking::Content);
             drop(done);
             if res.is_err() {
@@ -145,15 +146,8 @@ impl Source for Command {
             let after = humantime(self.opts.timeout.unwrap_or_default());
             return Err(fail(format!("timed out after {after} and was stopped")));
         }
-        if crate::interrupt::cancelled() {
-            return Err(Error::new(
-                ErrorKind::Interrupted,
-                format!(
-                    "{} stopped the backup and the command '{}'",
-                    crate::interrupt::signal_name(),
-                    self.shown()
-                ),
-            ));
+        if let Err(e) = ingest.cancel().check() {
+            return Err(e.context(format!("the command '{}' was stopped", self.shown())));
         }
         // A storage failure stopped the command: it is the cause.
         let (content, size) =
@@ -192,13 +186,14 @@ impl Source for Command {
     }
 }
 
-/// Waits for the end of the output (`ended` disconnects), the timeout, or an interrupt;
+/// Waits for the end of the output (`ended` disconnects), the timeout, or cancellation;
 /// stops the command in the latter two cases.
 fn watchdog(
     pid: u32,
     timeout: Option<Duration>,
     ended: crossbeam_channel::Receiver<()>,
     timed_out: &std::sync::atomic::AtomicBool,
+    cancel: &crate::cancel::Cancel,
 ) {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
@@ -214,7 +209,7 @@ fn watchdog(
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        if crate::interrupt::cancelled() {
+        if cancel.is_cancelled() {
             kill(pid);
             return;
         }

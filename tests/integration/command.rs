@@ -183,3 +183,35 @@ fn streams_and_files_are_separate_groups() {
     env.run(&["forget", "--keep-last", "1"]).assert().success();
     assert_eq!(env.snapshots().len(), 3);
 }
+
+#[test]
+fn a_signal_stops_the_backup_and_its_command_and_leaves_no_lock() {
+    let env = Env::new();
+    env.init();
+    for sig in [nix::sys::signal::SIGTERM, nix::sys::signal::SIGINT] {
+        let marker = env.path(&format!("started-{sig}"));
+        let cmd = format!(
+            "sh -c 'head -c 5000000 /dev/urandom; touch {}; exec sleep 60'",
+            marker.display()
+        );
+        let started = Instant::now();
+        let child = env.spawn(&["backup", "--stdin-from-command", &cmd], &[]);
+        while !marker.exists() {
+            assert!(started.elapsed() < Duration::from_secs(60), "never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{sig}: {err}");
+        assert!(err.contains(sig.as_str()), "{sig}: names the signal: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{sig}: took {:?}",
+            started.elapsed()
+        );
+        assert!(env.snapshots().is_empty(), "{sig}");
+        let locks = std::fs::read_dir(env.repo().join("locks")).unwrap().count();
+        assert_eq!(locks, 0, "{sig}: a lock was left behind");
+    }
+}

@@ -540,6 +540,7 @@ impl Walker<'_, '_> {
             settled: 0,
         };
         for name in entries {
+            self.sh.ingest.cancel().check()?;
             let path = dir.join(&name);
             let Some(meta) = self.lstat(&path) else {
                 continue;
