@@ -7,6 +7,9 @@ use backstop::cli::{Cli, LogFormat};
 fn main() {
     tune_allocator();
     let cli = Cli::parse();
+    if let Ok(spec) = std::env::var("BACKSTOP_CRASH_AT") {
+        backstop::failpoint::arm(&spec);
+    }
     let level = match cli.global.verbose {
         0 => "warn",
         1 => "info",
