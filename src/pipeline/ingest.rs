@@ -283,11 +283,6 @@ impl Ingest<'_> {
         !self.index.contains(&id) && self.added.lock().expect("added lock").insert(id)
     }
 
-    /// Whether the repository holds blob `id` (or this run stored it).
-    pub fn contains(&self, id: &Id) -> bool {
-        self.index.contains(id) || self.added.lock().expect("added lock").contains(id)
-    }
-
     fn send(&self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<()> {
         self.blobs
             .send(Blob { kind, id, data })

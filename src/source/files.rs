@@ -17,7 +17,8 @@ use crate::repo::Snapshot;
 use crate::source::{Read, Source};
 
 pub use meta::{
-    changed, data_extents, node_from_metadata, normalize, open_for_backup, pseudo_fs, read_xattrs,
+    changed, data_extents, node_from_metadata, node_like, normalize, open_for_backup, pseudo_fs,
+    read_xattrs,
 };
 
 /// What to back up of the file system, and how.

@@ -13,6 +13,14 @@ use crate::repo::{Node, NodeKind, Timestamp, tree::Xattr};
 
 /// Builds a node (without content or subtree) from `lstat` metadata.
 pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata) -> Result<Node> {
+    node_like(name, path, meta, None)
+}
+
+/// Builds a node like [`node_from_metadata`], taking the extended attributes and symlink
+/// target from `same` instead of reading them when `same` is the same entry unchanged: of
+/// the same kind, inode and ctime (setting an attribute changes the ctime; a symlink's
+/// target cannot change in place). Saves two system calls per unchanged entry.
+pub fn node_like(name: &OsStr, path: &Path, meta: &Metadata, same: Option<&Node>) -> Result<Node> {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         NodeKind::File
@@ -29,11 +37,22 @@ pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata) -> Result<
     } else {
         NodeKind::Socket
     };
-    let target = if kind == NodeKind::Symlink {
+    let ctime = Timestamp {
+        sec: meta.ctime(),
+        nsec: meta.ctime_nsec() as u32,
+    };
+    let same = same.filter(|n| n.kind == kind && n.inode == meta.ino() && n.ctime == ctime);
+    let target = if kind != NodeKind::Symlink {
+        None
+    } else if let Some(t) = same.and_then(|n| n.target.clone()) {
+        Some(t)
+    } else {
         let t = std::fs::read_link(path).map_err(|e| Error::io("reading symlink", path, e))?;
         Some(ByteBuf::from(t.into_os_string().into_vec()))
-    } else {
-        None
+    };
+    let xattrs = match same {
+        Some(n) => n.xattrs.clone(),
+        None => read_xattrs(path)?,
     };
     Ok(Node {
         name: ByteBuf::from(name.as_bytes().to_vec()),
@@ -45,10 +64,7 @@ pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata) -> Result<
             sec: meta.mtime(),
             nsec: meta.mtime_nsec() as u32,
         },
-        ctime: Timestamp {
-            sec: meta.ctime(),
-            nsec: meta.ctime_nsec() as u32,
-        },
+        ctime,
         dev: meta.dev(),
         inode: meta.ino(),
         links: meta.nlink(),
@@ -61,7 +77,7 @@ pub fn node_from_metadata(name: &OsStr, path: &Path, meta: &Metadata) -> Result<
         content: Vec::new(),
         subtree: None,
         target,
-        xattrs: read_xattrs(path)?,
+        xattrs,
     })
 }
 

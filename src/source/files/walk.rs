@@ -592,7 +592,7 @@ impl Walker<'_, '_> {
         root_dev: u64,
         dir_dev: u64,
     ) -> Result<Option<(Node, Option<PendingContent>)>> {
-        let mut node = match files::node_from_metadata(name, path, meta) {
+        let mut node = match files::node_like(name, path, meta, parent) {
             Ok(n) => n,
             Err(e) => {
                 self.sh
