@@ -485,3 +485,25 @@ fn one_file_system_keeps_mount_points_as_empty_directories() {
     assert!(v.to_string().contains("backstop-onefs"), "{v}");
     drop(inner);
 }
+
+#[test]
+fn an_incremental_backup_sees_changed_xattrs_of_unchanged_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("a"), b"same content");
+    std::os::unix::fs::symlink("a", src.join("link")).unwrap();
+    xattr::set(src.join("a"), "user.v", b"1").unwrap();
+    env.init();
+    env.backup(&src, &[]);
+    // Content and mtime unchanged; only the attribute (and so the ctime) changes.
+    xattr::set(src.join("a"), "user.v", b"2").unwrap();
+    std::fs::remove_file(src.join("link")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", src.join("link")).unwrap();
+    env.backup(&src, &[]);
+    let out = env.restore("latest", "out");
+    assert_eq!(xattr::get(out.join("a"), "user.v").unwrap().unwrap(), b"2");
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        std::path::Path::new("elsewhere")
+    );
+}
