@@ -519,7 +519,42 @@ fn a_postgres_catalog_records_cli_backups_and_status_shows_them() {
     );
     // Nothing went to the default SQLite catalog.
     assert!(!env.path("data/catalog.db").exists());
-    // The snapshot row carries its source key, read back through the library.
+    // A policy's `[catalog] url` names the same database.
+    let dir = env.path("policies");
+    super::common::write(
+        &dir.join("backstop.toml"),
+        format!(
+            "[catalog]\nurl = \"{url}\"\n[targets.main]\nrepo = \"{}\"\npassword-env = \"BACKSTOP_PASSWORD\"\n",
+            env.repo().display()
+        )
+        .as_bytes(),
+    );
+    super::common::write(
+        &dir.join("p.toml"),
+        format!(
+            "name = \"p\"\ntargets = [\"main\"]\n[source]\nkind = \"files\"\npaths = [\"{}\"]\n",
+            env.path("src").display()
+        )
+        .as_bytes(),
+    );
+    env.cmd()
+        .args(["backup", "--policy"])
+        .arg(dir.join("p.toml"))
+        .assert()
+        .success();
+    let out = env
+        .run(&["--catalog", &url, "status", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = v["recent_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{v}");
+    assert_eq!(
+        (&runs[0]["policy"], &runs[0]["status"]),
+        (&"p".into(), &"success".into())
+    );
+    assert_eq!(v["repositories"][0]["snapshots"], 2);
+    // The snapshot rows carry their source key, read back through the library.
     let rows = blocking::Catalog::open(&url)
         .unwrap()
         .snapshots(&RepoKey {
@@ -527,9 +562,14 @@ fn a_postgres_catalog_records_cli_backups_and_status_shows_them() {
             location: env.repo().display().to_string(),
         })
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 2);
     assert!(
-        rows[0].source_key.as_deref().is_some_and(|k| !k.is_empty()),
+        rows.iter()
+            .all(|r| r.source_key.as_deref().is_some_and(|k| !k.is_empty())),
         "{rows:?}"
+    );
+    assert_eq!(
+        rows[0].source_key, rows[1].source_key,
+        "same source, same key"
     );
 }
