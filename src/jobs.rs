@@ -5,7 +5,7 @@
 //! the operation still runs and returns its result (one warning names the catalog problem).
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
-use crate::catalog::{Catalog, Recorder, RepoKey, RunEnd};
+use crate::catalog::{Recorder, RepoKey, RunEnd, blocking::Catalog};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::Repo;

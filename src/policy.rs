@@ -378,12 +378,16 @@ fn settings_checked(path: &Path) -> (Option<Settings>, Vec<String>) {
         }
     }
     if let Some(c) = &settings.catalog
-        && !c.url.starts_with("sqlite:")
+        && !(c.url.starts_with("sqlite:")
+            || matches!(
+                crate::catalog::Backend::of_url(&c.url),
+                Ok(crate::catalog::Backend::Postgres)
+            ))
     {
         problems.push(format!(
-            "{}: catalog url '{}': only sqlite: URLs are supported in this version",
+            "{}: catalog url '{}': expected sqlite://PATH or postgres://USER@HOST/DATABASE",
             loc.at(&["catalog", "url"]),
-            c.url
+            crate::catalog::redact(&c.url)
         ));
     }
     (Some(settings), problems)

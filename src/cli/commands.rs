@@ -10,7 +10,7 @@ use super::{
     BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepairCommand, RepoArgs,
 };
 use crate::backup::{BackupOptions, SourceOptions};
-use crate::catalog::{Catalog, Recorder, RepoKey};
+use crate::catalog::{Recorder, RepoKey, blocking::Catalog};
 use crate::config::{self, PasswordSource};
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{ChunkerParams, KdfParams};
@@ -44,13 +44,13 @@ impl Ctx<'_> {
 
     /// The catalog itself, for commands that are about it (`status`): failing is an error.
     fn catalog(&self, url: Option<&str>) -> Result<Catalog> {
-        Catalog::open(&self.catalog_url(url), self.rt.clone())
+        Catalog::open(&self.catalog_url(url))
     }
 
     /// The catalog as a recorder, for commands on repositories: an unusable catalog is a
     /// warning, never a reason to stop (the repository is the source of truth).
     fn recorder(&self, url: Option<&str>) -> Recorder {
-        Recorder::open(&self.catalog_url(url), self.rt.clone())
+        Recorder::open(&self.catalog_url(url))
     }
 
     fn storage(&self, location: &str) -> Result<Storage> {
@@ -503,7 +503,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             command: CatalogCommand::Rebuild { repo },
         } => {
             let r = ctx.open_repo(repo)?;
-            let (cat, aside) = Catalog::open_or_replace(&ctx.catalog_url(None), ctx.rt.clone())?;
+            let (cat, aside) = Catalog::open_or_replace(&ctx.catalog_url(None))?;
             let list = jobs::rebuild_catalog(&cat, &r)?;
             let n = list.len();
             if json_out {
