@@ -17,4 +17,5 @@ mod integration {
     mod retention;
     mod roundtrip;
     mod security;
+    mod storage;
 }
