@@ -321,4 +321,24 @@ mod tests {
         let all: Vec<bool> = a.values().flatten().copied().collect();
         assert!(all.contains(&true) && all.contains(&false), "{a:?}");
     }
+
+    #[test]
+    fn fault_specs_parse_latency_and_reject_nonsense() {
+        let f = Faults::parse("delay=50ms,read-error=0.1,seed=3").unwrap();
+        assert_eq!(f.delay, Duration::from_millis(50));
+        assert_eq!(f.seed, 3);
+        assert_eq!(
+            Faults::parse("delay=2s").unwrap().delay,
+            Duration::from_secs(2)
+        );
+        for (bad, says) in [
+            ("delay=fast", "not a duration"),
+            ("read-error=2", "not between 0 and 1"),
+            ("disk-melts=0.1", "unknown fault"),
+            ("read-error", "not kind=value"),
+        ] {
+            let e = Faults::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

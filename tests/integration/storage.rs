@@ -356,3 +356,86 @@ fn a_thousand_snapshots_list_in_parallel_at_50ms_per_request() {
     );
     eprintln!("1,000 snapshots at 50 ms per request: {took:?}");
 }
+
+/// A service that counts the reads in flight at once.
+struct Counting {
+    inner: Arc<dyn Backend>,
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+impl Backend for Counting {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn read_range<'a>(
+        &'a self,
+        path: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<bytes::Bytes>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.max.fetch_max(n, SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let r = self.inner.read_range(path, range).await;
+            self.now.fetch_sub(1, SeqCst);
+            r
+        })
+    }
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: bytes::Bytes,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<()>> {
+        self.inner.write(path, bytes)
+    }
+    fn list<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<Vec<backstop::storage::Listed>>> {
+        self.inner.list(dir)
+    }
+    fn stat<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<backstop::storage::Meta>> {
+        self.inner.stat(path)
+    }
+    fn delete<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<()>> {
+        self.inner.delete(path)
+    }
+}
+
+/// `read_many` goes parallel, but never past the backend's concurrency limit.
+#[test]
+fn read_many_stays_within_the_concurrency_limit() {
+    for target in BACKENDS {
+        let c = ctx(target, None);
+        let counting = Arc::new(Counting {
+            inner: c.service.clone(),
+            now: Default::default(),
+            max: Default::default(),
+        });
+        let storage = Storage::from_backend(
+            counting.clone(),
+            c.rt.handle().clone(),
+            StorageOptions {
+                concurrency: 8,
+                ..StorageOptions::default()
+            },
+        );
+        let paths: Vec<String> = (0..100).map(|i| format!("par/{i}")).collect();
+        for p in &paths {
+            storage.write(p, p.as_bytes().to_vec()).unwrap();
+        }
+        for (p, r) in paths.iter().zip(storage.read_many(&paths)) {
+            assert_eq!(r.unwrap(), p.as_bytes());
+        }
+        let max = counting.max.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(max > 1 && max <= 8, "{}: {max} reads at once", target.name);
+    }
+}
