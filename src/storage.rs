@@ -5,7 +5,8 @@
 //!
 //! A [`Backend`] has five required operations — read a byte range, write a whole object,
 //! list a directory (recursively, with size and modification time), stat, delete — and
-//! provided defaults for the rest (read whole = stat + read range, exists = stat). Its
+//! provided defaults for the rest (read whole = stat + read range, exists = stat; a service
+//! overrides a default where it can do better, e.g. a whole read in one request). Its
 //! methods are async (boxed futures, so `Arc<dyn Backend>` works) and usable from tokio
 //! tasks. Paths are relative to the repository root, `/`-separated.
 //!
