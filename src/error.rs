@@ -58,6 +58,7 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     temporary: bool,
+    not_found: bool,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -69,6 +70,7 @@ impl Error {
             kind,
             message: message.into(),
             temporary: false,
+            not_found: false,
             source: None,
         }
     }
@@ -85,6 +87,24 @@ impl Error {
         self
     }
 
+    /// Marks the error as permanent: retrying the same operation cannot help.
+    pub fn permanent(mut self) -> Self {
+        self.temporary = false;
+        self
+    }
+
+    /// Marks the error as "the object does not exist" (permanent).
+    pub fn not_found(mut self) -> Self {
+        self.not_found = true;
+        self.temporary = false;
+        self
+    }
+
+    /// Whether the error says an object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.not_found
+    }
+
     /// Sets whether retrying may help.
     pub fn set_temporary(&mut self, temporary: bool) {
         self.temporary = temporary;
@@ -95,7 +115,8 @@ impl Error {
         self.kind
     }
 
-    /// Whether retrying the operation may help.
+    /// Whether retrying the operation may help (temporary), or cannot (permanent: the
+    /// operator has to act, or the data is not there).
     pub fn is_temporary(&self) -> bool {
         self.temporary
     }
@@ -167,6 +188,7 @@ impl From<opendal::Error> for Error {
             });
         }
         e.temporary = err.is_temporary();
+        e.not_found = err.kind() == opendal::ErrorKind::NotFound;
         e
     }
 }

@@ -23,6 +23,7 @@ pub mod roots;
 pub mod snapshot;
 pub mod tree;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use crate::id::Id;
@@ -299,14 +300,20 @@ impl Repo {
     /// Reads and opens a sealed content-addressed object, checking its name first.
     /// A mismatch is read again (a corrupted transfer) before it counts as corruption.
     pub fn read_object(&self, path: &str, id: &Id) -> Result<Vec<u8>> {
-        for _ in 0..3 {
-            let bytes = self.storage.read(path)?;
-            if Id::hash(&bytes) == *id {
-                return self.crypto.open(&bytes).map_err(|e| e.context(path));
-            }
-            tracing::info!("retrying {path} after a transient error: it does not match its hash");
-        }
-        Err(Error::corrupt(format!("{path} does not match its hash")))
+        let bytes = self.storage.read_verified(path, id)?;
+        self.crypto.open(&bytes).map_err(|e| e.context(path))
+    }
+
+    /// [`Repo::read_object`] for many objects, read in parallel under the storage's
+    /// concurrency limit (one round trip's latency per batch, not per object); results in
+    /// the order of `objects`.
+    pub fn read_objects(&self, objects: &[(String, Id)]) -> Vec<Result<Vec<u8>>> {
+        self.storage
+            .read_many_verified(objects)
+            .into_iter()
+            .zip(objects)
+            .map(|(r, (path, _))| self.crypto.open(&r?).map_err(|e| e.context(path)))
+            .collect()
     }
 
     /// Seals and writes a content-addressed object under `dir`, verified by read-back.
@@ -343,17 +350,21 @@ impl Repo {
     /// Loads and merges every index file.
     pub fn load_index(&self) -> Result<Index> {
         let mut files = Vec::new();
-        for l in self.storage.list("index/")? {
-            let id = id_from_path(&l.path)?;
-            let file = IndexFile::decode(&self.read_object(&l.path, &id)?).map_err(|e| {
+        let objects = self
+            .storage
+            .list("index/")?
+            .into_iter()
+            .map(|l| Ok((l.path.clone(), id_from_path(&l.path)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for ((path, _), read) in objects.iter().zip(self.read_objects(&objects)) {
+            let file = IndexFile::decode(&read?).map_err(|e| {
                 if self.crypto.is_encrypted() {
                     e
                 } else {
                     // Sealed bytes read as plaintext: the config of an encrypted repository
                     // was replaced by an unencrypted one (docs/SECURITY.md).
                     e.context(format!(
-                        "{} (if this repository was encrypted, its config was altered: tampering)",
-                        l.path
+                        "{path} (if this repository was encrypted, its config was altered: tampering)"
                     ))
                 }
             })?;
@@ -418,9 +429,23 @@ impl Repo {
     /// Listing the snapshot directory itself failing is still an error.
     pub fn snapshots(&self) -> Result<SnapshotList> {
         let mut out = SnapshotList::default();
-        for l in self.storage.list("snapshots/")? {
+        let listed = self.storage.list("snapshots/")?;
+        // Manifests are read in parallel: on an object store, one request's latency per
+        // batch instead of per snapshot.
+        let named: Vec<(String, Id)> = listed
+            .iter()
+            .filter_map(|l| Some((l.path.clone(), id_from_path(&l.path).ok()?)))
+            .collect();
+        let mut read = named
+            .iter()
+            .map(|(p, _)| p.clone())
+            .zip(self.read_objects(&named))
+            .collect::<HashMap<_, _>>();
+        for l in listed {
             let read = id_from_path(&l.path).and_then(|id| {
-                let plain = self.read_object(&l.path, &id)?;
+                let plain = read
+                    .remove(&l.path)
+                    .expect("every named manifest was read")?;
                 Ok((id, Snapshot::decode(&plain)?))
             });
             match read {

@@ -1,46 +1,94 @@
-//! Every storage call goes through here: OpenDAL operators built from a target location,
-//! with retries for transient faults and a blocking facade for the (threaded) engines.
+//! Storage: a small [`Backend`] trait, the wrappers stacked on it, and the [`Storage`]
+//! handle the rest of the code uses.
 //!
-//! The engines are synchronous and parallel with threads; storage is async (OpenDAL). A
-//! [`Storage`] holds a tokio runtime handle and blocks on it, so it must not be called from
-//! inside an async task (use `spawn_blocking`).
+//! # The trait
+//!
+//! A [`Backend`] has five required operations — read a byte range, write a whole object,
+//! list a directory (recursively, with size and modification time), stat, delete — and
+//! provided defaults for the rest (read whole = stat + read range, exists = stat; a service
+//! overrides a default where it can do better, e.g. a whole read in one request). Its
+//! methods are async (boxed futures, so `Arc<dyn Backend>` works) and usable from tokio
+//! tasks. Paths are relative to the repository root, `/`-separated.
+//!
+//! Contract every backend keeps (checked by the conformance suite,
+//! `tests/integration/storage.rs`, run against every backend and under every fault kind):
+//! - a write is atomic: the object appears complete or not at all; writing again replaces it;
+//! - reading a missing object is an error with [`Error::is_not_found`];
+//! - listing a missing or empty directory is an empty list, never an error, and lists
+//!   objects only (no directories), each with its size and, if the service knows it, its
+//!   modification time;
+//! - deleting a missing object succeeds;
+//! - errors say whether a retry may help ([`Error::is_temporary`]).
+//!
+//! # Implementations and wrappers
+//!
+//! | type | what it adds |
+//! |---|---|
+//! | [`operator::OpendalBackend`] | the service: an OpenDAL [`opendal::Operator`] (`fs` today) with OpenDAL's timeout and concurrent-limit layers |
+//! | [`faults::Faulty`] | fault injection and latency, configured by the caller with a [`faults::Faults`] value (the CLI parses `BACKSTOP_FAULTS`) |
+//! | [`dry_run::DryRun`] | writes and deletes are logged as "would write …" / "would delete …" and not done |
+//! | [`cache::MetaCache`] | reads of immutable, content-addressed metadata (`index/`, `snapshots/`) served from memory, bounded, verified against their names before being kept |
+//! | [`retry::Retry`] | the one retry policy ([`retry::RetryPolicy`]): exponential backoff with jitter, for errors that are temporary |
+//!
+//! [`Storage::open_with`] stacks them, outermost first: retry → cache → dry run → faults →
+//! service. Retry is outermost so that injected faults and short reads are retried like
+//! real ones; the cache sits above dry run and faults but only keeps bytes that hash to
+//! their object's name, so a corrupted read is never cached.
+//!
+//! Adding a service (SFTP, S3) is one constructor in [`operator`] that builds its OpenDAL
+//! operator, and one case in [`Storage::open_with`]'s location parsing; the wrappers and
+//! the conformance suite apply unchanged.
+//!
+//! # Retry policy
+//!
+//! One place: [`retry::Retry`], with [`retry::RetryPolicy`] (default 6 attempts, 20 ms
+//! doubling to at most 2 s, full jitter). What is temporary is decided once, when an error
+//! is made: OpenDAL's `is_temporary()`, except that a read-only file system, a permission
+//! refusal, a full disk and an exhausted quota are permanent (OpenDAL's `fs` counts them as
+//! temporary, and retrying them only delays the operator's fix), and a missing object is
+//! permanent. A read that returns fewer bytes than asked for, or than the object's stat
+//! says, is temporary (a truncated transfer). OpenDAL's own `RetryLayer` is not stacked
+//! under it: it would multiply the attempts and cannot see faults and short reads that are
+//! detected above it. Above the storage, [`Storage::write_verified`] writes again an object
+//! that does not read back intact, and `Repo::read_object` reads again an object that does
+//! not match its hash: integrity checks, not transport retries.
+//!
+//! # Threads and tasks
+//!
+//! The engines are threads; storage is async. [`Storage`] has blocking methods (which
+//! `block_on` the runtime handle, so they must not be called from inside an async task) and
+//! async ones (`*_async`, [`Storage::read_many`]) for tasks. Each backend has a concurrency
+//! limit ([`StorageOptions::concurrency`]): OpenDAL's `ConcurrentLimitLayer` bounds the
+//! requests in flight, and [`Storage::read_many`] keeps at most that many reads going.
 
+pub mod cache;
+pub mod dry_run;
 pub mod faults;
+pub mod operator;
+pub mod retry;
 
+use std::future::Future;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use faults::{Fault, Faults};
-
-use opendal::Operator;
-use opendal::layers::RetryLayer;
+use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::Id;
 
-/// A repository's storage: one OpenDAL operator and where it points.
-#[derive(Clone)]
-pub struct Storage {
-    op: Operator,
-    /// The same operator without OpenDAL's retry layer, for writes: OpenDAL counts a
-    /// read-only file system or a full disk as temporary and would retry them for ~40 s;
-    /// writes are retried by [`Storage::retry`], which knows those are permanent.
-    raw: Operator,
-    rt: Handle,
-    location: String,
-    faults: Option<Arc<Faults>>,
-    locking: Locking,
-}
+/// A boxed future, so that [`Backend`] is object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How an operation that only reads treats repository locks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Locking {
-    /// Reading operations take no lock at all (`--no-lock`); writing ones refuse to run.
-    pub no_lock: bool,
-    /// How long a lock is valid without refresh (see [`crate::repo::lock`]).
-    pub ttl: Option<std::time::Duration>,
+/// What a stat or a listing says about an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification time, if the service reports it.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One object found by a listing.
@@ -54,38 +102,149 @@ pub struct Listed {
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// A place objects are stored: five operations, the rest provided.
+pub trait Backend: Send + Sync + 'static {
+    /// Where it points, for messages.
+    fn location(&self) -> &str;
+
+    /// Reads `range` of the object at `path`. May return fewer bytes than asked for when the
+    /// object is shorter; callers that need exactly the range check (the retry wrapper does).
+    fn read_range<'a>(&'a self, path: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>>;
+
+    /// Writes a whole object, atomically, replacing any object of that name.
+    fn write<'a>(&'a self, path: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>>;
+
+    /// Lists the objects under `dir` (recursively, objects only); a missing directory is empty.
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>>;
+
+    /// Size and modification time of an object; a missing one is a not-found error.
+    fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Meta>>;
+
+    /// Deletes an object; deleting a missing one succeeds.
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads a whole object, checked against the length its stat reports (a shorter read is
+    /// a temporary error: a truncated transfer).
+    fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Bytes>> {
+        Box::pin(async move {
+            let len = self.stat(path).await?.size;
+            let data = self.read_range(path, 0..len).await?;
+            if data.len() as u64 != len {
+                return Err(short_read(path, data.len() as u64, len));
+            }
+            Ok(data)
+        })
+    }
+
+    /// Whether an object exists.
+    fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match self.stat(path).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+/// The error for a read that returned `got` bytes where `want` were expected.
+pub(crate) fn short_read(path: &str, got: u64, want: u64) -> Error {
+    Error::new(
+        ErrorKind::Corrupt,
+        format!("{path} is truncated: read {got} of {want} bytes"),
+    )
+    .temporary()
+}
+
+/// How an operation that only reads treats repository locks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Locking {
+    /// Reading operations take no lock at all (`--no-lock`); writing ones refuse to run.
+    pub no_lock: bool,
+    /// How long a lock is valid without refresh (see [`crate::repo::lock`]).
+    pub ttl: Option<Duration>,
+}
+
+/// How to build a [`Storage`]: which wrappers, which limits. Resolved by the caller (the
+/// CLI reads the environment); the library reads none.
+#[derive(Debug)]
+pub struct StorageOptions {
+    /// Requests in flight at once, per backend.
+    pub concurrency: usize,
+    /// How long one request may take before it fails (temporarily).
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: retry::RetryPolicy,
+    /// Faults and latency to inject (tests and drills of failure handling); shared, so the
+    /// caller can count what was injected.
+    pub faults: Option<Arc<faults::Faults>>,
+    /// Log writes and deletes instead of doing them.
+    pub dry_run: bool,
+    /// Bytes of immutable metadata kept in memory (0: no cache).
+    pub cache_bytes: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            concurrency: 64,
+            timeout: Duration::from_secs(120),
+            retry: retry::RetryPolicy::default(),
+            faults: None,
+            dry_run: false,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A repository's storage: the wrapped backend, a runtime to drive it, lock settings.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Arc<dyn Backend>,
+    rt: Handle,
+    concurrency: usize,
+    retry: retry::RetryPolicy,
+    locking: Locking,
+}
+
 impl Storage {
-    /// Opens the storage at `location` (a local directory path for now).
+    /// Opens the storage at `location` (a local directory path for now) with default options.
     pub fn open(location: &str, rt: Handle) -> Result<Self> {
+        Self::open_with(location, rt, StorageOptions::default())
+    }
+
+    /// Opens the storage at `location` with `opts`: the service, then its wrappers.
+    pub fn open_with(location: &str, rt: Handle, opts: StorageOptions) -> Result<Self> {
         if location.contains("://") {
             return Err(Error::config(format!(
                 "repository '{location}': only local paths are supported in this version"
             )));
         }
-        let root = absolute(Path::new(location))?;
-        let tmp = root.join("tmp");
-        let root_s = root
-            .to_str()
-            .ok_or_else(|| Error::config("repository path must be UTF-8"))?;
-        let mut builder = opendal::services::Fs::default().root(root_s);
-        // Writes go to `tmp/` and are renamed into place. A read-only repository without a
-        // `tmp/` cannot get one, and needs none: it is opened without (every write fails).
-        if tmp.is_dir() || std::fs::create_dir_all(&tmp).is_ok() {
-            builder = builder.atomic_write_dir(tmp.to_str().expect("UTF-8 root gives UTF-8 tmp"));
+        let service = operator::OpendalBackend::fs(location, &opts)?;
+        Ok(Self::from_backend(Arc::new(service), rt, opts))
+    }
+
+    /// Stacks the wrappers `opts` asks for on `service` (see the module docs for the order).
+    pub fn from_backend(service: Arc<dyn Backend>, rt: Handle, opts: StorageOptions) -> Self {
+        let mut b: Arc<dyn Backend> = service;
+        if let Some(f) = opts.faults {
+            b = Arc::new(faults::Faulty::new(b, f));
         }
-        let raw = Operator::new(builder)
-            .map_err(|e| Error::from(e).context(format!("opening repository {location}")))?;
-        let op = raw
-            .clone()
-            .layer(RetryLayer::new().with_max_times(4).with_jitter());
-        Ok(Storage {
-            op,
-            raw,
+        if opts.dry_run {
+            b = Arc::new(dry_run::DryRun::new(b));
+        }
+        if opts.cache_bytes > 0 {
+            b = Arc::new(cache::MetaCache::new(b, opts.cache_bytes));
+        }
+        b = Arc::new(retry::Retry::new(b, opts.retry));
+        Storage {
+            backend: b,
             rt,
-            location: root_s.to_string(),
-            faults: Faults::from_env()?.map(Arc::new),
+            concurrency: opts.concurrency.max(1),
+            retry: opts.retry,
             locking: Locking::default(),
-        })
+        }
     }
 
     /// The same storage with other lock settings.
@@ -101,7 +260,17 @@ impl Storage {
 
     /// Where the storage points, for messages.
     pub fn location(&self) -> &str {
-        &self.location
+        self.backend.location()
+    }
+
+    /// The wrapped backend, for async callers that manage their own tasks.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Requests this backend takes at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// How many objects are worth writing at once (more for high-latency remote storage).
@@ -111,84 +280,143 @@ impl Storage {
 
     /// Reads a whole object (its length checked against the storage's own record).
     pub fn read(&self, path: &str) -> Result<Vec<u8>> {
-        self.retry(path, || {
-            let len = self.size(path)?;
-            self.fault(path, Fault::ReadError)?;
-            let buf = self
-                .rt
-                .block_on(self.op.read(path))
-                .map_err(|e| named(e, "reading", path))?;
-            let data = self.corrupt(path, buf.to_vec());
-            if data.len() as u64 != len {
-                return Err(
-                    Error::new(ErrorKind::Storage, format!("short read of {path}")).temporary(),
-                );
+        self.rt
+            .block_on(self.backend.read(path))
+            .map(|b| b.to_vec())
+    }
+
+    /// Reads a whole object, from a task.
+    pub async fn read_async(&self, path: &str) -> Result<Bytes> {
+        self.backend.read(path).await
+    }
+
+    /// Reads many whole objects, at most [`Storage::concurrency`] at once; the results are in
+    /// the order of `paths`.
+    pub async fn read_many_async(&self, paths: &[String]) -> Vec<Result<Bytes>> {
+        let mut out: Vec<Option<Result<Bytes>>> = (0..paths.len()).map(|_| None).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while next < paths.len() && tasks.len() < self.concurrency {
+                let (b, p, i) = (self.backend.clone(), paths[next].clone(), next);
+                tasks.spawn(async move { (i, b.read(&p).await) });
+                next += 1;
             }
-            Ok(data)
+            match tasks.join_next().await {
+                Some(Ok((i, r))) => out[i] = Some(r),
+                Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+                None => break,
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every read finished"))
+            .collect()
+    }
+
+    /// Reads many whole objects in parallel (blocking); results in the order of `paths`.
+    pub fn read_many(&self, paths: &[String]) -> Vec<Result<Vec<u8>>> {
+        self.rt
+            .block_on(self.read_many_async(paths))
+            .into_iter()
+            .map(|r| r.map(|b| b.to_vec()))
+            .collect()
+    }
+
+    /// Reads a content-addressed object and checks it against its name `id`; an object that
+    /// does not match (a corrupted transfer) is read again, as often as the retry policy
+    /// allows, before it counts as corrupt.
+    pub fn read_verified(&self, path: &str, id: &Id) -> Result<Vec<u8>> {
+        self.rt
+            .block_on(self.read_verified_async(path, id, None))
+            .map(|b| b.to_vec())
+    }
+
+    /// [`Storage::read_verified`], from a task; `first` is bytes already read, if any.
+    async fn read_verified_async(
+        &self,
+        path: &str,
+        id: &Id,
+        first: Option<Bytes>,
+    ) -> Result<Bytes> {
+        let mut next = first;
+        for n in 1..=self.retry.attempts.max(1) {
+            let bytes = match next.take() {
+                Some(b) => b,
+                None => self.backend.read(path).await?,
+            };
+            if Id::hash(&bytes) == *id {
+                return Ok(bytes);
+            }
+            if n < self.retry.attempts {
+                tracing::info!(
+                    "retrying {path} after a transient error: it does not match its hash"
+                );
+                tokio::time::sleep(self.retry.delay(n)).await;
+            }
+        }
+        Err(Error::corrupt(format!("{path} does not match its hash")))
+    }
+
+    /// [`Storage::read_verified`] for many objects, at most [`Storage::concurrency`] at
+    /// once; results in the order of `objects`.
+    pub fn read_many_verified(&self, objects: &[(String, Id)]) -> Vec<Result<Vec<u8>>> {
+        let paths: Vec<String> = objects.iter().map(|(p, _)| p.clone()).collect();
+        self.rt.block_on(async {
+            let read = self.read_many_async(&paths).await;
+            let mut out = Vec::with_capacity(read.len());
+            for ((path, id), r) in objects.iter().zip(read) {
+                out.push(match r {
+                    Ok(b) => self
+                        .read_verified_async(path, id, Some(b))
+                        .await
+                        .map(|b| b.to_vec()),
+                    Err(e) => Err(e),
+                });
+            }
+            out
         })
     }
 
     /// Reads `range` of an object; a short read is retried, then reported as truncation.
     pub fn read_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        let want = range.end - range.start;
-        let res = self.retry(path, || {
-            self.fault(path, Fault::ReadError)?;
-            let buf = self
-                .rt
-                .block_on(async { self.op.read_with(path).range(range.clone()).await })
-                .map_err(|e| named(e, "reading", path))?;
-            let data = self.corrupt(path, buf.to_vec());
-            if data.len() as u64 != want {
-                return Err(
-                    Error::new(ErrorKind::Corrupt, format!("{path} is truncated")).temporary(),
-                );
-            }
-            Ok(data)
-        });
-        res.map_err(|mut e| {
-            e.set_temporary(false);
-            e
-        })
+        self.rt
+            .block_on(self.backend.read_range(path, range))
+            .map(|b| b.to_vec())
+    }
+
+    /// Reads `range` of an object, from a task.
+    pub async fn read_range_async(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
+        self.backend.read_range(path, range).await
     }
 
     /// Writes a whole object (atomically: it appears complete or not at all). Transient
     /// failures are retried; rewriting is safe because objects are content-addressed.
-    /// A failed write removes its temporary object (OpenDAL's one-shot write leaves it
-    /// behind, e.g. on a full disk), so failures leave nothing for prune to find.
-    pub fn write(&self, path: &str, bytes: impl Into<bytes::Bytes>) -> Result<()> {
-        let bytes = bytes.into();
-        self.retry(path, || {
-            self.fault(path, Fault::WriteError)?;
-            self.rt
-                .block_on(async {
-                    let mut w = self.raw.writer(path).await?;
-                    let res = match w.write(bytes.clone()).await {
-                        Ok(()) => w.close().await.map(|_| ()),
-                        Err(e) => Err(e),
-                    };
-                    if res.is_err()
-                        && let Err(e) = w.abort().await
-                    {
-                        // Also when no temporary object was ever created.
-                        tracing::debug!("aborting the write of {path}: {e}");
-                    }
-                    res
-                })
-                .map_err(|e| named(e, "writing", path))?;
-            self.fault(path, Fault::WriteTimeout)
-        })
+    /// A failed write removes its temporary object, so failures leave nothing for prune.
+    pub fn write(&self, path: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        self.rt.block_on(self.backend.write(path, bytes.into()))
+    }
+
+    /// Writes a whole object, from a task (uploads of several packs overlap this way).
+    pub async fn write_async(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.backend.write(path, bytes).await
     }
 
     /// Writes a content-addressed object, then reads it back and checks its BLAKE3 hash;
-    /// an object that does not read back intact is written again (a few times at most).
+    /// an object that does not read back intact is written again (as often as the retry
+    /// policy allows).
     pub fn write_verified(&self, path: &str, bytes: Vec<u8>, id: &Id) -> Result<()> {
+        self.rt
+            .block_on(self.write_verified_async(path, Bytes::from(bytes), id))
+    }
+
+    /// [`Storage::write_verified`], from a task.
+    pub async fn write_verified_async(&self, path: &str, bytes: Bytes, id: &Id) -> Result<()> {
         let len = bytes.len() as u64;
-        let bytes = bytes::Bytes::from(bytes);
         let mut last = None;
-        for _ in 0..3 {
-            self.write(path, bytes.clone())?; // shares the buffer, no copy
+        for _ in 0..self.retry.attempts.max(1) {
+            self.backend.write(path, bytes.clone()).await?; // shares the buffer, no copy
             crate::failpoint::hit("after-object-write");
-            match self.hash(path, len) {
+            match self.hash_async(path, len).await {
                 Ok(h) if h == *id => return Ok(()),
                 Ok(_) => {
                     tracing::info!(
@@ -203,14 +431,18 @@ impl Storage {
             }
         }
         Err(last
-            .expect("three attempts")
+            .expect("at least one attempt")
             .context("verifying after upload"))
     }
 
     /// Streams an object of `len` bytes through BLAKE3, a few MiB at a time.
     pub fn hash(&self, path: &str, len: u64) -> Result<Id> {
+        self.rt.block_on(self.hash_async(path, len))
+    }
+
+    async fn hash_async(&self, path: &str, len: u64) -> Result<Id> {
         const STEP: u64 = 4 << 20;
-        let size = self.size(path)?;
+        let size = self.backend.stat(path).await?.size;
         if size != len {
             return Err(Error::corrupt(format!(
                 "{path} has {size} bytes, expected {len}"
@@ -220,7 +452,7 @@ impl Storage {
         let mut at = 0;
         while at < len {
             let end = (at + STEP).min(len);
-            hasher.update(&self.read_range(path, at..end)?);
+            hasher.update(&self.backend.read_range(path, at..end).await?);
             at = end;
         }
         Ok(Id(*hasher.finalize().as_bytes()))
@@ -228,128 +460,28 @@ impl Storage {
 
     /// The size of an object.
     pub fn size(&self, path: &str) -> Result<u64> {
-        self.retry(path, || {
-            Ok(self
-                .rt
-                .block_on(self.op.stat(path))
-                .map_err(|e| named(e, "checking", path))?
-                .content_length())
-        })
+        Ok(self.stat(path)?.size)
+    }
+
+    /// Size and modification time of an object.
+    pub fn stat(&self, path: &str) -> Result<Meta> {
+        self.rt.block_on(self.backend.stat(path))
     }
 
     /// Lists the objects under `dir` (recursively), skipping directories.
     pub fn list(&self, dir: &str) -> Result<Vec<Listed>> {
-        let entries = self.retry(dir, || {
-            match self
-                .rt
-                .block_on(async { self.op.list_with(dir).recursive(true).await })
-            {
-                Ok(e) => Ok(e),
-                Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(vec![]),
-                Err(e) => Err(named(e, "listing", dir)),
-            }
-        })?;
-        let lag = |e: &opendal::Entry| {
-            self.faults
-                .as_ref()
-                .is_some_and(|f| f.strikes(Fault::ListLag, e.path()))
-        };
-        Ok(entries
-            .into_iter()
-            .filter(|e| !e.metadata().is_dir() && !lag(e))
-            .map(|e| Listed {
-                size: e.metadata().content_length(),
-                modified: e
-                    .metadata()
-                    .last_modified()
-                    .map(|t| std::time::SystemTime::from(t).into()),
-                path: e.path().to_string(),
-            })
-            .collect())
+        self.rt.block_on(self.backend.list(dir))
     }
 
     /// Whether an object exists.
     pub fn exists(&self, path: &str) -> Result<bool> {
-        self.retry(path, || {
-            self.rt
-                .block_on(self.op.exists(path))
-                .map_err(|e| named(e, "checking", path))
-        })
+        self.rt.block_on(self.backend.exists(path))
     }
 
     /// Deletes an object (no error if it is already gone).
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.retry(path, || {
-            self.rt
-                .block_on(self.op.delete(path))
-                .map_err(|e| named(e, "deleting", path))
-        })
+        self.rt.block_on(self.backend.delete(path))
     }
-
-    /// Runs `op`, retrying transient errors with backoff (on top of OpenDAL's own retries).
-    fn retry<T>(&self, path: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
-        let mut wait = std::time::Duration::from_millis(20);
-        for attempt in 1.. {
-            match op() {
-                Err(e) if e.is_temporary() && attempt < 6 => {
-                    tracing::info!(
-                        "retrying {path} after a transient error: {}",
-                        crate::error::chain(&e)
-                    );
-                    std::thread::sleep(wait);
-                    wait *= 2;
-                }
-                r => return r,
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    fn fault(&self, path: &str, fault: Fault) -> Result<()> {
-        match &self.faults {
-            Some(f) if f.strikes(fault, path) => Err(Faults::error(fault, path)),
-            _ => Ok(()),
-        }
-    }
-
-    fn corrupt(&self, path: &str, data: Vec<u8>) -> Vec<u8> {
-        match &self.faults {
-            Some(f) => f.corrupt_read(path, data),
-            None => data,
-        }
-    }
-}
-
-fn named(e: opendal::Error, action: &str, path: &str) -> Error {
-    let not_found = e.kind() == opendal::ErrorKind::NotFound;
-    let mut err = Error::from(e).context(format!("{action} {path}"));
-    if refuses_writes(&err) || has_os_error(&err, &[libc::ENOSPC, libc::EDQUOT]) {
-        // Retrying cannot help: the operator has to act.
-        err.set_temporary(false);
-    }
-    if not_found {
-        Error::corrupt(format!("{path} is missing")).with_source(err)
-    } else {
-        err
-    }
-}
-
-fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| Error::io("resolving", p, e))
-}
-
-/// Whether an I/O error with one of `codes` is among `e`'s causes.
-fn has_os_error(e: &Error, codes: &[i32]) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>()
-            && io.raw_os_error().is_some_and(|c| codes.contains(&c))
-        {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
 }
 
 /// Whether `e` says the storage refuses writes (read-only file system, permission denied):

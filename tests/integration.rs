@@ -20,4 +20,5 @@ mod integration {
     mod retention;
     mod roundtrip;
     mod security;
+    mod storage;
 }

@@ -21,7 +21,8 @@ use crate::repo::{InitOptions, NodeKind, Repo};
 use crate::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
 use crate::source::command::CommandOptions;
 use crate::source::files::FilesOptions;
-use crate::storage::{Locking, Storage};
+use crate::storage::faults::Faults;
+use crate::storage::{Locking, Storage, StorageOptions};
 use crate::verify::ReadData;
 use crate::{jobs, policy};
 
@@ -62,8 +63,19 @@ impl Ctx<'_> {
             ),
             Err(_) => None,
         };
+        // So is BACKSTOP_FAULTS (fault injection for tests, see storage::faults).
+        let faults = match std::env::var("BACKSTOP_FAULTS") {
+            Ok(spec) if !spec.is_empty() => Some(std::sync::Arc::new(
+                Faults::parse(&spec).map_err(|e| e.context("BACKSTOP_FAULTS"))?,
+            )),
+            _ => None,
+        };
+        let opts = StorageOptions {
+            faults,
+            ..StorageOptions::default()
+        };
         Ok(
-            Storage::open(location, self.rt.clone())?.with_locking(Locking {
+            Storage::open_with(location, self.rt.clone(), opts)?.with_locking(Locking {
                 no_lock: false,
                 ttl,
             }),

@@ -1,7 +1,10 @@
-//! Fault injection for tests: storage that fails the way real storage does.
+//! Fault injection: a [`Backend`] wrapper that fails, corrupts and slows down the way real
+//! storage does, for tests and for proving the failure handling.
 //!
-//! Enabled only by `BACKSTOP_FAULTS`, a comma-separated list of `kind=probability` (0–1)
-//! plus an optional `seed=N`, e.g. `write-error=0.2,read-bitflip=0.1,seed=7`:
+//! Configured by the caller with a [`Faults`] value, parsed from a spec: a comma-separated
+//! list of `kind=probability` (0–1), an optional `seed=N` and an optional `delay=DURATION`
+//! (`50ms`, `1s`), e.g. `write-error=0.2,read-bitflip=0.1,seed=7`. The CLI takes the spec
+//! from `BACKSTOP_FAULTS`; the library reads no environment.
 //!
 //! | kind | what happens |
 //! |---|---|
@@ -11,6 +14,7 @@
 //! | `read-truncate` | a read returns only part of the data |
 //! | `read-bitflip` | a read returns data with one bit flipped |
 //! | `list-lag` | a listing omits each object with this probability (eventual consistency) |
+//! | `delay=D` | every request takes D longer (an object store's latency) |
 //!
 //! Every decision is a hash of the seed, the fault kind, the object and how many times that
 //! object has been asked about that kind, never a shared random stream: threads racing for
@@ -19,8 +23,16 @@
 //!
 //! Out-of-space is tested on a real, small file system instead.
 
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Backend, BoxFuture, Listed, Meta};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -51,7 +63,7 @@ const KINDS: [(&str, Fault); 6] = [
 ];
 
 impl Fault {
-    /// The name used in `BACKSTOP_FAULTS` and in the log.
+    /// The name used in the spec and in the log.
     pub fn name(self) -> &'static str {
         KINDS
             .iter()
@@ -65,45 +77,50 @@ impl Fault {
 pub struct Faults {
     odds: Vec<(Fault, f64)>,
     seed: u64,
+    /// Added to every request.
+    delay: Duration,
+    /// Faults injected so far (tests require that faults fired).
+    injected: AtomicU64,
     /// How often each (kind, object) has been decided, so a retry gets a fresh decision.
     asked: Mutex<HashMap<(Fault, String), u64>>,
 }
 
 impl Faults {
-    /// Faults from `BACKSTOP_FAULTS`, if set.
-    pub fn from_env() -> Result<Option<Faults>> {
-        match std::env::var("BACKSTOP_FAULTS") {
-            Ok(spec) if !spec.is_empty() => Faults::parse(&spec).map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// Parses `kind=p,…,seed=N`.
+    /// Parses `kind=p,…,seed=N,delay=D` (see the module docs).
     pub fn parse(spec: &str) -> Result<Faults> {
         let mut odds = Vec::new();
         let mut seed = 0;
+        let mut delay = Duration::ZERO;
         for part in spec.split(',') {
-            let (k, v) = part.split_once('=').ok_or_else(|| {
-                Error::config(format!("BACKSTOP_FAULTS: '{part}' is not kind=value"))
-            })?;
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| Error::config(format!("fault spec: '{part}' is not kind=value")))?;
             if k == "seed" {
                 seed = v
                     .parse()
-                    .map_err(|_| Error::config(format!("BACKSTOP_FAULTS: bad seed '{v}'")))?;
+                    .map_err(|_| Error::config(format!("fault spec: bad seed '{v}'")))?;
+                continue;
+            }
+            if k == "delay" {
+                delay = parse_delay(v).ok_or_else(|| {
+                    Error::config(format!(
+                        "fault spec: delay '{v}' is not a duration like 50ms or 1s"
+                    ))
+                })?;
                 continue;
             }
             let fault = KINDS
                 .iter()
                 .find(|(name, _)| *name == k)
                 .map(|(_, f)| *f)
-                .ok_or_else(|| Error::config(format!("BACKSTOP_FAULTS: unknown fault '{k}'")))?;
+                .ok_or_else(|| Error::config(format!("fault spec: unknown fault '{k}'")))?;
             let p: f64 = v
                 .parse()
                 .ok()
                 .filter(|p| (0.0..=1.0).contains(p))
                 .ok_or_else(|| {
                     Error::config(format!(
-                        "BACKSTOP_FAULTS: probability '{v}' of {k} is not between 0 and 1"
+                        "fault spec: probability '{v}' of {k} is not between 0 and 1"
                     ))
                 })?;
             odds.push((fault, p));
@@ -111,6 +128,8 @@ impl Faults {
         Ok(Faults {
             odds,
             seed,
+            delay,
+            injected: AtomicU64::new(0),
             asked: Mutex::new(HashMap::new()),
         })
     }
@@ -146,11 +165,17 @@ impl Faults {
         };
         let x = (self.draw(fault, path, n, 0) >> 11) as f64 / (1u64 << 53) as f64;
         if x < p {
+            self.injected.fetch_add(1, Ordering::Relaxed);
             tracing::info!("fault injected: {} on {path}", fault.name());
             Some(n)
         } else {
             None
         }
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
     }
 
     /// Whether `fault` strikes `path` now.
@@ -186,6 +211,92 @@ impl Faults {
     }
 }
 
+/// Parses `50ms`, `2s` or a number of milliseconds.
+fn parse_delay(v: &str) -> Option<Duration> {
+    let (n, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "ms"),
+    };
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        _ => None,
+    }
+}
+
+/// A backend that injects the faults of a [`Faults`] into the operations of another.
+pub struct Faulty {
+    inner: Arc<dyn Backend>,
+    faults: Arc<Faults>,
+}
+
+impl Faulty {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Backend>, faults: Arc<Faults>) -> Self {
+        Faulty { inner, faults }
+    }
+
+    /// The latency, then `fault` on `path` if it strikes.
+    async fn before(&self, fault: Option<Fault>, path: &str) -> Result<()> {
+        if !self.faults.delay.is_zero() {
+            tokio::time::sleep(self.faults.delay).await;
+        }
+        match fault {
+            Some(f) if self.faults.strikes(f, path) => Err(Faults::error(f, path)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Backend for Faulty {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+
+    fn read_range<'a>(&'a self, path: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>> {
+        Box::pin(async move {
+            self.before(Some(Fault::ReadError), path).await?;
+            let data = self.inner.read_range(path, range).await?;
+            Ok(Bytes::from(self.faults.corrupt_read(path, data.to_vec())))
+        })
+    }
+
+    fn write<'a>(&'a self, path: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.before(Some(Fault::WriteError), path).await?;
+            self.inner.write(path, bytes).await?;
+            match self.faults.strikes(Fault::WriteTimeout, path) {
+                true => Err(Faults::error(Fault::WriteTimeout, path)),
+                false => Ok(()),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
+        Box::pin(async move {
+            self.before(None, dir).await?;
+            let mut all = self.inner.list(dir).await?;
+            all.retain(|l| !self.faults.strikes(Fault::ListLag, &l.path));
+            Ok(all)
+        })
+    }
+
+    fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Meta>> {
+        Box::pin(async move {
+            self.before(None, path).await?;
+            self.inner.stat(path).await
+        })
+    }
+
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.before(None, path).await?;
+            self.inner.delete(path).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +320,25 @@ mod tests {
         assert_eq!(a, b);
         let all: Vec<bool> = a.values().flatten().copied().collect();
         assert!(all.contains(&true) && all.contains(&false), "{a:?}");
+    }
+
+    #[test]
+    fn fault_specs_parse_latency_and_reject_nonsense() {
+        let f = Faults::parse("delay=50ms,read-error=0.1,seed=3").unwrap();
+        assert_eq!(f.delay, Duration::from_millis(50));
+        assert_eq!(f.seed, 3);
+        assert_eq!(
+            Faults::parse("delay=2s").unwrap().delay,
+            Duration::from_secs(2)
+        );
+        for (bad, says) in [
+            ("delay=fast", "not a duration"),
+            ("read-error=2", "not between 0 and 1"),
+            ("disk-melts=0.1", "unknown fault"),
+            ("read-error", "not kind=value"),
+        ] {
+            let e = Faults::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
