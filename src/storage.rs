@@ -77,7 +77,7 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::Id;
+use crate::id::Id;
 
 /// A boxed future, so that [`Backend`] is object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

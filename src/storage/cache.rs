@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use super::{Backend, BoxFuture, Listed, Meta};
 use crate::error::Result;
-use crate::repo::Id;
+use crate::id::Id;
 
 /// Directories whose objects are immutable and named by their hash.
 const CACHED_DIRS: [&str; 2] = ["index/", "snapshots/"];
