@@ -1,6 +1,8 @@
 //! Jobs: a library operation together with its record in the catalog (run rows, snapshot
 //! rows, verification coverage). The CLI and the daemon both run operations through here.
 //!
+//! Every job runs inside a tracing span `job` with its kind and run id.
+//!
 //! Recording goes through a [`Recorder`]: when the catalog is unusable, or fails part way,
 //! the operation still runs and returns its result (one warning names the catalog problem).
 
@@ -25,11 +27,17 @@ fn recorded<T>(
     end: impl FnOnce(&T) -> RunEnd,
 ) -> Result<T> {
     if !record {
+        let _span = tracing::info_span!("job", kind, run = "unrecorded").entered();
         return op();
     }
     let key = RepoKey::of(repo);
     let run = catalog.with(|c| c.start_run(kind, Some(&key), policy));
-    let res = op();
+    // Everything the job logs carries its kind and run id (the catalog's, when recorded).
+    let span = match run {
+        Some(id) => tracing::info_span!("job", kind, run = id.0),
+        None => tracing::info_span!("job", kind, run = "unrecorded"),
+    };
+    let res = span.in_scope(op);
     let e = match &res {
         Ok(t) => end(t),
         Err(err) => RunEnd {
