@@ -19,6 +19,7 @@ pub mod index;
 pub mod lock;
 pub mod pack;
 pub mod prune;
+pub mod reader;
 pub mod repair;
 pub mod snapshot;
 pub mod tree;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 pub use config::RepoConfig;
 pub use id::Id;
 pub use index::{Index, IndexFile, IndexPack};
+pub use reader::ContentReader;
 pub use snapshot::{BackupKind, Snapshot, Summary};
 pub use tree::{ContentList, Node, NodeKind, Piece, Timestamp, Tree};
 

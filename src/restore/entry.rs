@@ -375,3 +375,37 @@ pub fn apply_metadata(path: &Path, node: &Node, shown: &Path, warnings: &mut Vec
         warnings.push(format!("{}: cannot set times: {e}", shown.display()));
     }
 }
+
+/// [`apply_metadata`] for a file this restore made and holds open: the same steps in the
+/// same order, through its descriptor (no path lookups, nothing followed).
+pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mut Vec<String>) {
+    use nix::sys::stat::{Mode, fchmod, futimens};
+    use nix::sys::time::TimeSpec;
+    use xattr::FileExt as _;
+    if nix::unistd::geteuid().is_root()
+        && let Err(e) = nix::unistd::fchown(
+            file,
+            Some(nix::unistd::Uid::from_raw(node.uid)),
+            Some(nix::unistd::Gid::from_raw(node.gid)),
+        )
+    {
+        warnings.push(format!("{}: cannot set owner: {e}", shown.display()));
+    }
+    if let Err(e) = fchmod(file, Mode::from_bits_truncate(node.mode & 0o7777)) {
+        warnings.push(format!("{}: cannot set permissions: {e}", shown.display()));
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(e) = file.set_xattr(name, &x.value) {
+            warnings.push(format!(
+                "{}: cannot set extended attribute {}: {e}",
+                shown.display(),
+                name.to_string_lossy()
+            ));
+        }
+    }
+    let mtime = TimeSpec::new(node.mtime.sec, i64::from(node.mtime.nsec));
+    if let Err(e) = futimens(file, &mtime, &mtime) {
+        warnings.push(format!("{}: cannot set times: {e}", shown.display()));
+    }
+}
