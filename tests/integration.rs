@@ -7,6 +7,7 @@ mod integration {
     mod cli;
     mod corruption;
     mod crash;
+    mod dump;
     mod faults;
     mod hostile;
     mod locking;
