@@ -1,5 +1,11 @@
-//! The restore engine: a snapshot tree into a destination directory, parallel and out of
-//! order, never outside the destination, never through an existing entry.
+//! The restore engine: plan, fetch, write. The plan walks the selected part of a snapshot
+//! tree once and counts it before anything is written; a [`Destination`] then writes it,
+//! fetching content through the plan: a [`Directory`] (parallel and out of order, never
+//! outside the destination, never through an existing entry), or one file's content in
+//! order to a [`Stream`] (`backstop dump`) or a command's standard input ([`ToCommand`]),
+//! through [`Repo::content_reader`]. A database or a disk image is one more destination.
+//!
+//! The rest of this note is about the directory destination.
 //!
 //! Safety: names are single path components (checked by [`walk`]; unsafe and duplicate
 //! names are refused entry by entry, never joined to a path), every directory on the way is

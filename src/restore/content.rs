@@ -1,7 +1,11 @@
 //! File content: chunks grouped by pack, packs read in parallel (coalesced range reads),
 //! each chunk decrypted, decompressed and checked against its id before it is written at
-//! its offsets into the file's temporary name. Holes are never written, so sparse files
-//! stay sparse. A file gets its final name once its last chunk is written; a missing or
+//! its offsets into the file's temporary name. The worker with a file's first chunk
+//! creates the file (`O_EXCL | O_NOFOLLOW`, see [`Temps`]) and every worker writes through
+//! that one descriptor; the one with its last chunk sets its length (a trailing hole),
+//! metadata (through the descriptor) and final name. So the per-file system calls run in
+//! parallel, not in the walk. Holes are never written, so sparse files stay sparse. A file
+//! gets its final name once its last chunk is written; a missing or
 //! corrupt chunk fails only the files that need it (their temporary files are removed).
 //! Workers stop between packs and range reads once the restore is interrupted.
 
