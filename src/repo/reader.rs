@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -77,6 +78,8 @@ pub struct ContentReader {
     ahead: u64,
     jobs: Option<Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Set when the reader is done with: queued jobs are dropped unread.
+    stopped: Arc<AtomicBool>,
     /// The current chunk and how much of it was handed out.
     chunks: VecDeque<Vec<u8>>,
     pos: usize,
@@ -104,11 +107,16 @@ impl ContentReader {
     fn new(repo: Repo, index: Arc<Index>, pieces: Vec<Piece>, threads: usize) -> ContentReader {
         let threads = if threads == 0 { 4 } else { threads };
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let stopped = Arc::new(AtomicBool::new(false));
         let workers = (0..threads)
             .map(|_| {
                 let (repo, index, rx) = (repo.clone(), index.clone(), rx.clone());
+                let stopped = stopped.clone();
                 std::thread::spawn(move || {
                     for job in rx {
+                        if stopped.load(Ordering::Relaxed) {
+                            continue;
+                        }
                         if crate::interrupt::cancelled() {
                             let _ = job.reply.send(Err(Error::new(
                                 ErrorKind::Interrupted,
@@ -135,6 +143,7 @@ impl ContentReader {
             ahead: 0,
             jobs: Some(tx),
             workers,
+            stopped,
             chunks: VecDeque::new(),
             pos: 0,
             hole: 0,
@@ -368,6 +377,7 @@ impl ContentReader {
     }
 
     fn stop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
         self.jobs = None;
         self.pending.clear();
         for w in self.workers.drain(..) {
