@@ -214,12 +214,19 @@ impl Destination for ToCommand {
                 ),
             ));
         }
-        copied.map_err(|e| {
-            e.context(format!(
-                "command '{}' exited before reading all of {}",
-                self.line,
-                show(&item.rel)
-            ))
+        // A command that stopped reading is a failed restore, not a closed pager: the
+        // error keeps the message, not the broken pipe (which main takes for success).
+        copied.map_err(|e| match e.kind() {
+            ErrorKind::Io => Error::new(
+                ErrorKind::Io,
+                format!(
+                    "command '{}' exited before reading all of {}: {}",
+                    self.line,
+                    show(&item.rel),
+                    crate::error::chain(&e)
+                ),
+            ),
+            _ => e,
         })
     }
 }

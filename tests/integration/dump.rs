@@ -132,6 +132,25 @@ fn restore_to_command_pipes_one_file_and_names_a_failing_command() {
     assert!(stderr(&o).contains("holds 2 files"), "{}", stderr(&o));
     assert!(!marker.exists(), "the command ran for a refused selection");
 
+    // A command that stops reading early (and exits 0) fails the restore.
+    let o = env
+        .run(&[
+            "restore",
+            "latest",
+            "--include",
+            "dir/big.bin",
+            "--to-command",
+            "head -c 10",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("command 'head -c 10' exited before reading all of /dir/big.bin"),
+        "{}",
+        stderr(&o)
+    );
+
     // A failing command is an error naming it and its exit status.
     let o = env
         .run(&[
