@@ -143,7 +143,9 @@ impl Temps {
 
     fn path(dir: &Path) -> PathBuf {
         let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".backstop-{}-{n}.tmp", std::process::id()))
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = PID.get_or_init(std::process::id);
+        dir.join(format!(".backstop-{pid}-{n}.tmp"))
     }
 
     fn add(&self, p: &Path) {
@@ -340,7 +342,7 @@ pub fn apply_metadata(path: &Path, node: &Node, shown: &Path, warnings: &mut Vec
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     let is_link = node.kind == NodeKind::Symlink;
-    if nix::unistd::geteuid().is_root()
+    if is_root()
         && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
     {
         warnings.push(format!("{}: cannot set owner: {e}", shown.display()));
@@ -382,7 +384,7 @@ pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mu
     use nix::sys::stat::{Mode, fchmod, futimens};
     use nix::sys::time::TimeSpec;
     use xattr::FileExt as _;
-    if nix::unistd::geteuid().is_root()
+    if is_root()
         && let Err(e) = nix::unistd::fchown(
             file,
             Some(nix::unistd::Uid::from_raw(node.uid)),
@@ -408,4 +410,10 @@ pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mu
     if let Err(e) = futimens(file, &mtime, &mtime) {
         warnings.push(format!("{}: cannot set times: {e}", shown.display()));
     }
+}
+
+/// Whether this process runs as root (asked once: a restore of many files asked per file).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
 }
