@@ -168,8 +168,20 @@ pub enum Command {
         /// Snapshot id (or unique prefix), or "latest".
         snapshot: String,
         /// Directory to restore into (created if missing).
-        #[arg(short, long, value_name = "DIR")]
-        target: PathBuf,
+        #[arg(
+            short,
+            long,
+            value_name = "DIR",
+            required_unless_present = "to_command",
+            conflicts_with = "to_command"
+        )]
+        target: Option<PathBuf>,
+        /// Instead of a directory: pipe the content of the one file selected (the
+        /// snapshot's only file, or --include PATH) into the standard input of this
+        /// command, e.g. 'psql -d app'. The line is split into words as a shell would and
+        /// run without a shell (use sh -c '…' for pipes); a non-zero exit is an error.
+        #[arg(long, value_name = "CMD")]
+        to_command: Option<String>,
         /// Restore only paths matching this glob (repeatable), absolute as backed up or
         /// relative to the snapshot root: "etc/ssh/**" and "/etc/ssh" both work for a
         /// backup of /etc.
@@ -187,6 +199,21 @@ pub enum Command {
         /// it); write nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Write one file of a snapshot to standard output, in order (like restic's dump).
+    ///
+    /// Packs are fetched in parallel ahead of the output and every chunk is checked before
+    /// it is written; memory stays bounded whatever the file's size. A directory is refused.
+    Dump {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[command(flatten)]
+        latest: LatestArgs,
+        /// Snapshot id (or unique prefix), or "latest".
+        snapshot: String,
+        /// The file inside the snapshot: absolute as backed up (/etc/hosts), or relative to
+        /// the snapshot root (for a --stdin-from-command backup: its --stdin-filename).
+        path: String,
     },
     /// Check the repository's structure, and optionally re-read its data.
     Verify {

@@ -1,5 +1,11 @@
-//! The restore engine: a snapshot tree into a destination directory, parallel and out of
-//! order, never outside the destination, never through an existing entry.
+//! The restore engine: plan, fetch, write. The plan walks the selected part of a snapshot
+//! tree once and counts it before anything is written; a [`Destination`] then writes it,
+//! fetching content through the plan: a [`Directory`] (parallel and out of order, never
+//! outside the destination, never through an existing entry), or one file's content in
+//! order to a [`Stream`] (`backstop dump`) or a command's standard input ([`ToCommand`]),
+//! through [`Repo::content_reader`]. A database or a disk image is one more destination.
+//!
+//! The rest of this note is about the directory destination.
 //!
 //! Safety: names are single path components (checked by [`walk`]; unsafe and duplicate
 //! names are refused entry by entry, never joined to a path), every directory on the way is
@@ -21,12 +27,17 @@
 //! default) are one flag away once the operator means it.
 
 mod content;
+mod directory;
 mod entry;
 pub mod select;
+mod stream;
 mod walk;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use directory::Directory;
+pub use stream::{Stream, ToCommand, dump};
 
 pub use entry::Overwrite;
 
@@ -40,9 +51,7 @@ pub use walk::{Item, Walk};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
-use crate::repo::{Id, Node, NodeKind, Piece, Repo, Snapshot};
-use content::FileTask;
-use entry::{Decision, Temps};
+use crate::repo::{Id, Index, Node, NodeKind, Repo, Snapshot};
 
 /// What to restore and where.
 #[derive(Clone, Debug, Default)]
@@ -152,17 +161,12 @@ impl RestoreOutcome {
     }
 }
 
-/// Files restored per batch, and chunks planned per batch at most: memory stays bounded
-/// however many files a snapshot holds (a pack shared by two batches is read twice).
-const BATCH_FILES: usize = 4096;
-const BATCH_CHUNKS: u64 = 65_536;
-
 /// Whether `target` is a directory holding something (a restore says so up front).
 pub fn target_is_nonempty(target: &Path) -> bool {
     std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some())
 }
 
-fn interrupted() -> Error {
+pub(crate) fn interrupted() -> Error {
     Error::new(
         ErrorKind::Interrupted,
         format!(
@@ -177,22 +181,75 @@ fn kind_name(k: NodeKind) -> String {
     format!("{k:?}").to_lowercase()
 }
 
-/// A hard-link group's first file.
-enum First {
-    /// In the current batch, at this position.
-    Pending(usize),
-    /// Restored by this restore: its path and (device, inode).
-    Restored(PathBuf, (u64, u64)),
-    /// Not restored by this restore (kept or failed): the next member restores content.
-    NotOurs,
+/// Where a restore writes: a directory ([`Directory`]), one file's content to a writer
+/// ([`Stream`]) or a command's standard input ([`ToCommand`]); a database or a disk image
+/// later, each one more implementation.
+///
+/// The engine plans first: it walks the selection once, counting it (and checking what is
+/// there, for a dry run) before anything is written. Then the destination gets a [`Plan`]
+/// and writes: it walks the same selection again and fetches content through the plan —
+/// out of order and in parallel into positions of files ([`Directory`]), or in order
+/// through [`Repo::content_reader`] (streams). Safety checks live with the destination
+/// that needs them (a directory's: [`entry`]), once.
+pub trait Destination {
+    /// What and where, for messages ("directory /srv/restore", "command 'psql -d app'").
+    fn describe(&self) -> String;
+    /// For a listing dry run: what would happen to `item` ("new", "replace", …).
+    fn action(&self, _item: &Item) -> String {
+        "write".into()
+    }
+    /// Writes the planned selection; adds what it did to `out`. Entries that fail are
+    /// named in `out.failed`; an error stops the restore.
+    fn write(
+        &mut self,
+        plan: &Plan<'_>,
+        out: &mut RestoreOutcome,
+        progress: &dyn Progress,
+    ) -> Result<()>;
 }
 
-/// Restores snapshot `snap` (whose id is `id`) into `opts.target`.
+/// A restore's selection, planned and counted, and what is needed to read it.
+pub struct Plan<'a> {
+    /// The repository.
+    pub repo: &'a Repo,
+    /// Its index.
+    pub index: Arc<Index>,
+    /// The snapshot's root tree.
+    pub tree: Id,
+    /// The include globs, if any.
+    pub includes: Option<&'a Includes>,
+    /// Parallel pack readers.
+    pub threads: usize,
+    /// What the selection holds: files, directories, other entries, bytes of content.
+    pub counts: (u64, u64, u64, u64),
+}
+
+impl Plan<'_> {
+    /// A walk of the selection (in pre-order; see [`Walk`]).
+    pub fn walk(&self) -> Result<Walk<'_>> {
+        Walk::new(self.repo, &self.index, self.tree, self.includes)
+    }
+}
+
+/// Restores snapshot `snap` (whose id is `id`) into the directory `opts.target`.
 pub fn run(
     repo: &Repo,
     id: Id,
     snap: &Snapshot,
     opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreOutcome> {
+    let mut dest = Directory::new(&opts.target, opts.overwrite);
+    run_to(repo, id, snap, opts, &mut dest, progress)
+}
+
+/// Restores snapshot `snap` (whose id is `id`) into `dest`; `opts.target` is not used.
+pub fn run_to(
+    repo: &Repo,
+    id: Id,
+    snap: &Snapshot,
+    opts: &RestoreOptions,
+    dest: &mut dyn Destination,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let _cooperation = crate::interrupt::cooperate();
@@ -206,13 +263,13 @@ pub fn run(
             opts.retry_lock,
         )?)
     };
-    let index = repo.load_index()?;
+    let index = Arc::new(repo.load_index()?);
     let root = repo.load_tree(&index, &snap.tree)?;
     let layout = Layout::new(snap, &root);
     let includes = Includes::new(&opts.includes, &layout)?;
     let target_not_empty = target_is_nonempty(&opts.target);
 
-    // First pass: count (and list) what is selected, before anything is written.
+    // Plan: count (and list) what is selected, before anything is written.
     let mut planned = RestoreOutcome {
         snapshot: Some(SnapshotRef::new(id, snap)),
         target_not_empty,
@@ -232,25 +289,11 @@ pub fn run(
             _ => planned.others += 1,
         }
         if opts.list {
-            let path = opts.target.join(&item.rel);
-            let action = if item.node.kind == NodeKind::Dir {
-                match std::fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => "merge".to_string(),
-                    Ok(_) if opts.overwrite == Overwrite::Always => "replace".to_string(),
-                    Ok(_) => "fail: a non-directory is in the way".to_string(),
-                    Err(_) => "new".to_string(),
-                }
-            } else {
-                match entry::decide(&path, &item.node, opts.overwrite) {
-                    Ok(d) => d.verb().to_string(),
-                    Err(why) => format!("fail: {why}"),
-                }
-            };
             planned.planned.push(Planned {
-                path: path.display().to_string(),
+                path: opts.target.join(&item.rel).display().to_string(),
                 kind: kind_name(item.node.kind),
                 size: item.node.size,
-                action,
+                action: dest.action(&item),
             });
         }
     }
@@ -259,213 +302,37 @@ pub fn run(
     for p in &unmatched {
         tracing::debug!("--include '{p}' matches nothing in the snapshot");
     }
+    let walk_failed = std::mem::take(&mut walk.failed);
+    drop(walk);
     if opts.dry_run || planned.files + planned.dirs + planned.others == 0 {
-        planned.failed = walk
-            .failed
+        planned.failed = walk_failed
             .iter()
             .map(|(p, r)| (named(p), r.clone()))
             .collect();
         planned.unmatched_includes = unmatched;
         return Ok(planned);
     }
-    let target = prepare_target(&opts.target)?;
     progress.phase("restore", Some(planned.bytes));
-
-    // Second pass, in batches: create the entries, then write the batch's file content.
+    let plan = Plan {
+        repo,
+        index: index.clone(),
+        tree: snap.tree,
+        includes: includes.as_ref(),
+        threads: if opts.threads == 0 { 4 } else { opts.threads },
+        counts: (planned.files, planned.dirs, planned.others, planned.bytes),
+    };
     let mut out = RestoreOutcome {
         snapshot: planned.snapshot.take(),
         target_not_empty,
         unmatched_includes: unmatched,
         ..Default::default()
     };
-    let temps = Temps::new();
-    let mut links: HashMap<(u64, u64), First> = HashMap::new();
-    let mut dirs: Vec<(PathBuf, crate::repo::Node)> = Vec::new();
-    let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
-    let threads = if opts.threads == 0 { 4 } else { opts.threads };
-    let mut skip_under: Option<PathBuf> = None;
-    loop {
-        let mut files: Vec<FileTask> = Vec::new();
-        let mut deferred: Vec<(usize, PathBuf)> = Vec::new();
-        let mut chunks_planned = 0;
-        let mut more = false;
-        while let Some(item) = walk.next_item()? {
-            if crate::interrupt::cancelled() {
-                return Err(interrupted());
-            }
-            if let Some(s) = &skip_under {
-                if item.rel.starts_with(s) {
-                    continue;
-                }
-                skip_under = None;
-            }
-            let path = target.join(&item.rel);
-            let node = item.node;
-            let mut fail = |reason: String| {
-                tracing::debug!("{}: {reason}", path.display());
-                out.failed.push((path.display().to_string(), reason));
-            };
-            match node.kind {
-                NodeKind::Dir => match entry::make_dir(&path, opts.overwrite) {
-                    Ok(made) => {
-                        out.dirs += 1;
-                        if made || opts.overwrite == Overwrite::Always {
-                            dirs.push((path, node));
-                        }
-                    }
-                    Err(reason) => {
-                        fail(format!("{reason}; nothing below it was restored"));
-                        skip_under = Some(item.rel);
-                    }
-                },
-                NodeKind::File => {
-                    let mut node = node;
-                    if node.content.iter().any(|p| matches!(p, Piece::List(..))) {
-                        match repo.expand_content(&index, &node.content) {
-                            Ok(c) => node.content = c,
-                            Err(e) => {
-                                fail(crate::error::chain(&e));
-                                continue;
-                            }
-                        }
-                    }
-                    match entry::decide(&path, &node, opts.overwrite) {
-                        Err(reason) => {
-                            fail(reason);
-                            continue;
-                        }
-                        Ok(Decision::Keep) => {
-                            out.kept += 1;
-                            if node.links > 1 {
-                                links.insert((node.dev, node.inode), First::NotOurs);
-                            }
-                            continue;
-                        }
-                        Ok(_) => {}
-                    }
-                    let key = (node.dev, node.inode);
-                    if node.links > 1 {
-                        match links.get(&key) {
-                            Some(First::Restored(first, ino)) => {
-                                match temps.link(first, *ino, &path) {
-                                    Ok(()) => out.others += 1,
-                                    Err(reason) => fail(reason),
-                                }
-                                continue;
-                            }
-                            Some(First::Pending(i)) => {
-                                deferred.push((*i, path));
-                                continue;
-                            }
-                            Some(First::NotOurs) | None => {}
-                        }
-                    }
-                    let (tmp, f) = match temps.create_file(&path) {
-                        Ok(t) => t,
-                        Err(reason) => {
-                            fail(reason);
-                            continue;
-                        }
-                    };
-                    let ino = match f.set_len(node.size).and_then(|()| f.metadata()) {
-                        Ok(m) => {
-                            use std::os::unix::fs::MetadataExt;
-                            (m.dev(), m.ino())
-                        }
-                        Err(e) => {
-                            temps.discard(&tmp);
-                            fail(format!("cannot size the file: {e}"));
-                            continue;
-                        }
-                    };
-                    drop(f);
-                    if node.links > 1 {
-                        links.insert(key, First::Pending(files.len()));
-                    }
-                    let task = FileTask::new(path, tmp, ino, node);
-                    chunks_planned += task.chunks();
-                    files.push(task);
-                    if files.len() >= BATCH_FILES || chunks_planned >= BATCH_CHUNKS {
-                        more = true;
-                        break;
-                    }
-                }
-                _ => match entry::decide(&path, &node, opts.overwrite) {
-                    Err(reason) => fail(reason),
-                    Ok(Decision::Keep) => out.kept += 1,
-                    Ok(_) => match temps.make_special(&path, &node, &mut out.warnings) {
-                        Ok(true) => out.others += 1,
-                        Ok(false) => {}
-                        Err(reason) => fail(reason),
-                    },
-                },
-            }
-        }
-        out.bytes += content::restore(
-            repo,
-            &index,
-            &files,
-            &temps,
-            threads,
-            progress,
-            &mut out.warnings,
-        );
-        if crate::interrupt::cancelled() {
-            return Err(interrupted());
-        }
-        for f in &files {
-            match f.failure() {
-                Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
-                None => out.files += 1,
-            }
-        }
-        for first in links.values_mut() {
-            if let First::Pending(i) = first {
-                let f = &files[*i];
-                *first = match f.failure() {
-                    None => First::Restored(f.path.clone(), f.ino),
-                    Some(_) => First::NotOurs,
-                };
-            }
-        }
-        for (i, path) in deferred {
-            let f = &files[i];
-            let res = match f.failure() {
-                None => temps.link(&f.path, f.ino, &path),
-                Some(_) => Err(format!(
-                    "its hard link target {} could not be restored",
-                    f.path.display()
-                )),
-            };
-            match res {
-                Ok(()) => out.others += 1,
-                Err(reason) => out.failed.push((path.display().to_string(), reason)),
-            }
-        }
-        if !more {
-            break;
-        }
-    }
-    // Directories last, deepest first, so their mtimes stay.
-    for (path, node) in dirs.iter().rev() {
-        entry::apply_metadata(path, node, path, &mut out.warnings);
+    dest.write(&plan, &mut out, progress)?;
+    if crate::interrupt::cancelled() {
+        return Err(interrupted());
     }
     out.failed
-        .extend(walk.failed.iter().map(|(p, r)| (named(p), r.clone())));
+        .extend(walk_failed.iter().map(|(p, r)| (named(p), r.clone())));
     progress.finish();
     Ok(out)
-}
-
-fn prepare_target(target: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(target).map_err(|e| Error::io("creating", target, e))?;
-    let t = target
-        .canonicalize()
-        .map_err(|e| Error::io("resolving", target, e))?;
-    if !t.is_dir() {
-        return Err(Error::config(format!(
-            "restore target {} is not a directory",
-            t.display()
-        )));
-    }
-    Ok(t)
 }

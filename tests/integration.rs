@@ -9,6 +9,7 @@ mod integration {
     mod command;
     mod corruption;
     mod crash;
+    mod dump;
     mod faults;
     mod format;
     mod hostile;

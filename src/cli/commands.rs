@@ -249,6 +249,70 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             snapshot,
             path,
         } => ls(&ctx, repo, latest, snapshot, path.as_deref()),
+        Command::Dump {
+            repo,
+            latest,
+            snapshot,
+            path,
+        } => {
+            let r = ctx.open_repo(repo)?;
+            let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut dest = restore::Stream::new(&mut out, "standard output");
+            restore::dump(
+                &r,
+                sid,
+                &snap,
+                path,
+                &mut dest,
+                retry_lock(repo)?,
+                &NoProgress,
+            )?;
+            Ok(())
+        }
+        Command::Restore {
+            to_command: Some(command),
+            repo,
+            latest,
+            snapshot,
+            include,
+            dry_run,
+            ..
+        } => {
+            let r = ctx.open_repo(repo)?;
+            let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+            let sref = SnapshotRef::new(sid, &snap);
+            let mut dest = restore::ToCommand::new(command)?;
+            note(format_args!("restoring {sref} into command '{command}'"));
+            let opts = RestoreOptions {
+                includes: include.clone(),
+                dry_run: *dry_run,
+                retry_lock: retry_lock(repo)?,
+                ..Default::default()
+            };
+            let o = restore::run_to(&r, sid, &snap, &opts, &mut dest, &NoProgress)?;
+            if json_out {
+                json(&o);
+            } else if *dry_run {
+                outln!("would restore {} file(s) into command '{command}'", o.files);
+            } else {
+                outln!(
+                    "restored {} into command '{command}' from {sref}",
+                    size(o.bytes)
+                );
+            }
+            if !o.unmatched_includes.is_empty() {
+                return Err(Error::config(format!(
+                    "--include {} matched nothing in the snapshot",
+                    o.unmatched_includes.join(", ")
+                )));
+            }
+            if o.files == 0 && !*dry_run {
+                return Err(Error::config("the selection holds no file to restore"));
+            }
+            Ok(())
+        }
         Command::Restore {
             repo,
             latest,
@@ -257,7 +321,11 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             include,
             overwrite,
             dry_run,
+            ..
         } => {
+            let target = target
+                .as_ref()
+                .ok_or_else(|| Error::config("give --target DIR or --to-command CMD"))?;
             let r = ctx.open_repo(repo)?;
             let cat = ctx.recorder(None);
             let filter = latest.filter();

@@ -1,41 +1,51 @@
 //! File content: chunks grouped by pack, packs read in parallel (coalesced range reads),
 //! each chunk decrypted, decompressed and checked against its id before it is written at
-//! its offsets into the file's temporary name. Holes are never written, so sparse files
-//! stay sparse. A file gets its final name once its last chunk is written; a missing or
+//! its offsets into the file's temporary name. The worker with a file's first chunk
+//! creates the file (`O_EXCL | O_NOFOLLOW`, see [`Temps`]) and every worker writes through
+//! that one descriptor; the one with its last chunk sets its length (a trailing hole),
+//! metadata (through the descriptor) and final name. So the per-file system calls run in
+//! parallel, not in the walk. Holes are never written, so sparse files stay sparse. A file
+//! gets its final name once its last chunk is written; a missing or
 //! corrupt chunk fails only the files that need it (their temporary files are removed).
 //! Workers stop between packs and range reads once the restore is interrupted.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use super::entry::{Temps, apply_metadata};
-use crate::error::{Error, Result};
+use super::entry::{Temps, apply_file_metadata};
 use crate::progress::Progress;
 use crate::repo::pack;
+use crate::repo::reader::reread_blob;
 use crate::repo::{Index, Node, Piece, Repo};
 
 /// A file being restored.
 pub struct FileTask {
     /// Final name.
     pub path: PathBuf,
-    /// Temporary name, written to.
-    pub tmp: PathBuf,
-    /// (device, inode) of the temporary file, which keeps it when renamed.
-    pub ino: (u64, u64),
     /// The snapshot's entry.
     pub node: Node,
+    /// The temporary file, once the first chunk (or the completion) created it.
+    created: Mutex<Option<Created>>,
+    /// (device, inode) of the temporary file, which keeps it when renamed.
+    ino: OnceLock<(u64, u64)>,
     remaining: AtomicU64,
     failed: Mutex<Option<String>>,
     done: AtomicBool,
 }
 
+/// A file created under its temporary name.
+struct Created {
+    tmp: PathBuf,
+    file: Arc<File>,
+}
+
 impl FileTask {
-    /// A file whose content goes to `tmp`, then to `path`.
-    pub fn new(path: PathBuf, tmp: PathBuf, ino: (u64, u64), node: Node) -> FileTask {
+    /// A file whose content goes to a temporary name next to `path`, then to `path`.
+    pub fn new(path: PathBuf, node: Node) -> FileTask {
         let chunks = node
             .content
             .iter()
@@ -43,9 +53,9 @@ impl FileTask {
             .count() as u64;
         FileTask {
             path,
-            tmp,
-            ino,
             node,
+            created: Mutex::new(None),
+            ino: OnceLock::new(),
             remaining: AtomicU64::new(chunks),
             failed: Mutex::new(None),
             done: AtomicBool::new(false),
@@ -55,6 +65,36 @@ impl FileTask {
     /// Chunks of the file.
     pub fn chunks(&self) -> u64 {
         self.remaining.load(Ordering::SeqCst)
+    }
+
+    /// (device, inode) of the file this restore made, once made.
+    pub fn ino(&self) -> Option<(u64, u64)> {
+        self.ino.get().copied()
+    }
+
+    /// The temporary file, created (`O_EXCL | O_NOFOLLOW`, see [`Temps`]) on first use.
+    fn file(&self, temps: &Temps) -> std::result::Result<Arc<File>, String> {
+        let mut c = self.created.lock().expect("lock");
+        if let Some(c) = &*c {
+            return Ok(c.file.clone());
+        }
+        let (tmp, f) = temps.create_file(&self.path)?;
+        match f.metadata() {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                let _ = self.ino.set((m.dev(), m.ino()));
+            }
+            Err(e) => {
+                temps.discard(&tmp);
+                return Err(format!("cannot look at the new file: {e}"));
+            }
+        }
+        let file = Arc::new(f);
+        *c = Some(Created {
+            tmp,
+            file: file.clone(),
+        });
+        Ok(file)
     }
 
     fn fail(&self, reason: String) {
@@ -69,37 +109,56 @@ impl FileTask {
         self.failed.lock().expect("lock").is_some()
     }
 
-    /// Called once all chunks are written (or the file failed): metadata, a last check,
-    /// then the final name. An interrupted restore completes nothing more.
+    /// Called once all chunks are written (or the file failed): the length (a trailing
+    /// hole), metadata, then the final name. An interrupted restore completes nothing more.
     fn complete(&self, temps: &Temps, warnings: &Mutex<Vec<String>>) {
         if crate::interrupt::cancelled() || self.done.swap(true, Ordering::SeqCst) {
             return;
         }
+        if !self.is_failed()
+            && let Err(reason) = self.file(temps)
+        {
+            self.fail(reason);
+        }
+        let Some(Created { tmp, file }) = self.created.lock().expect("lock").take() else {
+            return;
+        };
         if self.is_failed() {
-            temps.discard(&self.tmp);
+            drop(file);
+            temps.discard(&tmp);
             return;
         }
-        match std::fs::symlink_metadata(&self.tmp) {
-            Ok(m) if m.len() == self.node.size => {}
-            Ok(m) => {
-                self.fail(format!(
-                    "wrote {} bytes where the snapshot has {}",
-                    m.len(),
-                    self.node.size
-                ));
-                temps.discard(&self.tmp);
-                return;
-            }
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
             Err(e) => {
-                self.fail(format!("the temporary file vanished: {e}"));
-                temps.discard(&self.tmp);
+                self.fail(format!("cannot look at the written file: {e}"));
+                temps.discard(&tmp);
                 return;
             }
+        };
+        let sized = if len < self.node.size {
+            file.set_len(self.node.size)
+                .map_err(|e| format!("cannot size the file: {e}"))
+        } else if len > self.node.size {
+            Err(format!(
+                "wrote {len} bytes where the snapshot has {}",
+                self.node.size
+            ))
+        } else {
+            Ok(())
+        };
+        if let Err(reason) = sized {
+            self.fail(reason);
+            temps.discard(&tmp);
+            return;
         }
         let mut w = Vec::new();
-        apply_metadata(&self.tmp, &self.node, &self.path, &mut w);
-        warnings.lock().expect("lock").extend(w);
-        if let Err(reason) = temps.place(&self.tmp, &self.path) {
+        apply_file_metadata(&file, &self.node, &self.path, &mut w);
+        drop(file);
+        if !w.is_empty() {
+            warnings.lock().expect("lock").extend(w);
+        }
+        if let Err(reason) = temps.place(&tmp, &self.path) {
             self.fail(reason);
         }
     }
@@ -197,7 +256,6 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
     let (pack_id, _) = index.pack(pack_no);
     let path = pack::path(&pack_id);
     blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
-    let mut open = None;
     // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
     let mut i = 0;
     while i < blobs.len() && !crate::interrupt::cancelled() {
@@ -250,17 +308,20 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
                                 pack_id.short()
                             )),
                             Ok(p) if !f.is_failed() => {
-                                if let Err(err) = write_at(&mut open, *fi, &f.tmp, p, *off) {
-                                    f.fail(crate::error::chain(&err));
-                                } else {
-                                    bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                                    progress.bytes(p.len() as u64);
+                                match f.file(temps).and_then(|file| {
+                                    file.write_all_at(p, *off)
+                                        .map_err(|e| format!("cannot write the file: {e}"))
+                                }) {
+                                    Err(reason) => f.fail(reason),
+                                    Ok(()) => {
+                                        bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                                        progress.bytes(p.len() as u64);
+                                    }
                                 }
                             }
                             Ok(_) => {}
                         }
                         if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            open = None;
                             f.complete(temps, warnings);
                         }
                     }
@@ -270,50 +331,4 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
         }
         i = j;
     }
-}
-
-/// Writes `data` at `offset` of file number `fi`, reusing the handle of the previous write
-/// when it went to the same file (a pack's chunks of one file come one after another).
-fn write_at(
-    open: &mut Option<(usize, File)>,
-    fi: usize,
-    path: &Path,
-    data: &[u8],
-    offset: u64,
-) -> Result<()> {
-    let f = match open {
-        Some((i, f)) if *i == fi => f,
-        _ => {
-            let f = OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| Error::io("opening", path, e))?;
-            &mut open.insert((fi, f)).1
-        }
-    };
-    f.write_all_at(data, offset)
-        .map_err(|e| Error::io("writing", path, e))
-}
-
-/// A blob that failed its check is read again on its own, twice at most, before it counts
-/// as corrupt: a flipped bit in transfer is not damage in the repository.
-fn reread_blob(repo: &Repo, path: &str, e: &crate::repo::index::Entry) -> Result<Vec<u8>> {
-    let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.stored_len);
-    let mut last = None;
-    for _ in 0..2 {
-        tracing::info!(
-            "retrying {path} after a transient error: blob {} does not match its id",
-            e.id.short()
-        );
-        match repo
-            .storage()
-            .read_range(path, range.clone())
-            .and_then(|d| pack::open_blob(&d, &e.header(), repo.crypto()))
-        {
-            Ok(p) => return Ok(p),
-            Err(err) => last = Some(err),
-        }
-    }
-    Err(last.expect("two attempts"))
 }

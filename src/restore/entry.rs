@@ -143,7 +143,9 @@ impl Temps {
 
     fn path(dir: &Path) -> PathBuf {
         let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".backstop-{}-{n}.tmp", std::process::id()))
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = PID.get_or_init(std::process::id);
+        dir.join(format!(".backstop-{pid}-{n}.tmp"))
     }
 
     fn add(&self, p: &Path) {
@@ -340,7 +342,7 @@ pub fn apply_metadata(path: &Path, node: &Node, shown: &Path, warnings: &mut Vec
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     let is_link = node.kind == NodeKind::Symlink;
-    if nix::unistd::geteuid().is_root()
+    if is_root()
         && let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
     {
         warnings.push(format!("{}: cannot set owner: {e}", shown.display()));
@@ -374,4 +376,44 @@ pub fn apply_metadata(path: &Path, node: &Node, shown: &Path, warnings: &mut Vec
     ) {
         warnings.push(format!("{}: cannot set times: {e}", shown.display()));
     }
+}
+
+/// [`apply_metadata`] for a file this restore made and holds open: the same steps in the
+/// same order, through its descriptor (no path lookups, nothing followed).
+pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mut Vec<String>) {
+    use nix::sys::stat::{Mode, fchmod, futimens};
+    use nix::sys::time::TimeSpec;
+    use xattr::FileExt as _;
+    if is_root()
+        && let Err(e) = nix::unistd::fchown(
+            file,
+            Some(nix::unistd::Uid::from_raw(node.uid)),
+            Some(nix::unistd::Gid::from_raw(node.gid)),
+        )
+    {
+        warnings.push(format!("{}: cannot set owner: {e}", shown.display()));
+    }
+    if let Err(e) = fchmod(file, Mode::from_bits_truncate(node.mode & 0o7777)) {
+        warnings.push(format!("{}: cannot set permissions: {e}", shown.display()));
+    }
+    for x in &node.xattrs {
+        let name = OsStr::from_bytes(&x.name);
+        if let Err(e) = file.set_xattr(name, &x.value) {
+            warnings.push(format!(
+                "{}: cannot set extended attribute {}: {e}",
+                shown.display(),
+                name.to_string_lossy()
+            ));
+        }
+    }
+    let mtime = TimeSpec::new(node.mtime.sec, i64::from(node.mtime.nsec));
+    if let Err(e) = futimens(file, &mtime, &mtime) {
+        warnings.push(format!("{}: cannot set times: {e}", shown.display()));
+    }
+}
+
+/// Whether this process runs as root (asked once: a restore of many files asked per file).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
 }

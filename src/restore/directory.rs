@@ -1,0 +1,250 @@
+//! The directory destination: a snapshot tree restored into a directory, entries made in
+//! pre-order by the walk, file content written out of order by pack workers in batches.
+//!
+//! The walk (one thread) makes directories, decides what to do with what is already there
+//! ([`entry::decide`]), makes symlinks and other special entries, and hands files to the
+//! batch. The pack workers ([`content`]) create each file under its temporary name when its
+//! first chunk arrives, write the chunks at their offsets, and give the file its metadata
+//! and final name when its last chunk is written: the walk does no per-file I/O beyond one
+//! `lstat`, so creating files runs in parallel too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::content::{self, FileTask};
+use super::entry::{self, Decision, Overwrite, Temps};
+use super::{Destination, Item, Plan, RestoreOutcome, interrupted};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{Node, NodeKind, Piece};
+
+/// Files restored per batch, and chunks planned per batch at most: memory stays bounded
+/// however many files a snapshot holds (a pack shared by two batches is read twice).
+const BATCH_FILES: usize = 4096;
+const BATCH_CHUNKS: u64 = 65_536;
+
+/// A directory to restore into (created if missing).
+pub struct Directory {
+    target: PathBuf,
+    overwrite: Overwrite,
+}
+
+impl Directory {
+    /// Restores into `target`; existing entries are treated as `overwrite` says.
+    pub fn new(target: &Path, overwrite: Overwrite) -> Directory {
+        Directory {
+            target: target.to_path_buf(),
+            overwrite,
+        }
+    }
+}
+
+/// A hard-link group's first file.
+enum First {
+    /// In the current batch, at this position.
+    Pending(usize),
+    /// Restored by this restore: its path and (device, inode).
+    Restored(PathBuf, (u64, u64)),
+    /// Not restored by this restore (kept or failed): the next member restores content.
+    NotOurs,
+}
+
+impl Destination for Directory {
+    fn describe(&self) -> String {
+        format!("directory {}", self.target.display())
+    }
+
+    fn action(&self, item: &Item) -> String {
+        let path = self.target.join(&item.rel);
+        if item.node.kind == NodeKind::Dir {
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => "merge".to_string(),
+                Ok(_) if self.overwrite == Overwrite::Always => "replace".to_string(),
+                Ok(_) => "fail: a non-directory is in the way".to_string(),
+                Err(_) => "new".to_string(),
+            }
+        } else {
+            match entry::decide(&path, &item.node, self.overwrite) {
+                Ok(d) => d.verb().to_string(),
+                Err(why) => format!("fail: {why}"),
+            }
+        }
+    }
+
+    fn write(
+        &mut self,
+        plan: &Plan<'_>,
+        out: &mut RestoreOutcome,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let target = prepare_target(&self.target)?;
+        let overwrite = self.overwrite;
+        let (repo, index) = (plan.repo, &*plan.index);
+        let temps = Temps::new();
+        let mut links: HashMap<(u64, u64), First> = HashMap::new();
+        let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
+        let mut walk = plan.walk()?;
+        let mut skip_under: Option<PathBuf> = None;
+        loop {
+            let mut files: Vec<FileTask> = Vec::new();
+            let mut deferred: Vec<(usize, PathBuf)> = Vec::new();
+            let mut chunks_planned = 0;
+            let mut more = false;
+            while let Some(item) = walk.next_item()? {
+                if crate::interrupt::cancelled() {
+                    return Err(interrupted());
+                }
+                if let Some(s) = &skip_under {
+                    if item.rel.starts_with(s) {
+                        continue;
+                    }
+                    skip_under = None;
+                }
+                let path = target.join(&item.rel);
+                let node = item.node;
+                let mut fail = |reason: String| {
+                    tracing::debug!("{}: {reason}", path.display());
+                    out.failed.push((path.display().to_string(), reason));
+                };
+                match node.kind {
+                    NodeKind::Dir => match entry::make_dir(&path, overwrite) {
+                        Ok(made) => {
+                            out.dirs += 1;
+                            if made || overwrite == Overwrite::Always {
+                                dirs.push((path, node));
+                            }
+                        }
+                        Err(reason) => {
+                            fail(format!("{reason}; nothing below it was restored"));
+                            skip_under = Some(item.rel);
+                        }
+                    },
+                    NodeKind::File => {
+                        let mut node = node;
+                        if node.content.iter().any(|p| matches!(p, Piece::List(..))) {
+                            match repo.expand_content(index, &node.content) {
+                                Ok(c) => node.content = c,
+                                Err(e) => {
+                                    fail(crate::error::chain(&e));
+                                    continue;
+                                }
+                            }
+                        }
+                        match entry::decide(&path, &node, overwrite) {
+                            Err(reason) => {
+                                fail(reason);
+                                continue;
+                            }
+                            Ok(Decision::Keep) => {
+                                out.kept += 1;
+                                if node.links > 1 {
+                                    links.insert((node.dev, node.inode), First::NotOurs);
+                                }
+                                continue;
+                            }
+                            Ok(_) => {}
+                        }
+                        let key = (node.dev, node.inode);
+                        if node.links > 1 {
+                            match links.get(&key) {
+                                Some(First::Restored(first, ino)) => {
+                                    match temps.link(first, *ino, &path) {
+                                        Ok(()) => out.others += 1,
+                                        Err(reason) => fail(reason),
+                                    }
+                                    continue;
+                                }
+                                Some(First::Pending(i)) => {
+                                    deferred.push((*i, path));
+                                    continue;
+                                }
+                                Some(First::NotOurs) | None => {}
+                            }
+                            links.insert(key, First::Pending(files.len()));
+                        }
+                        let task = FileTask::new(path, node);
+                        chunks_planned += task.chunks();
+                        files.push(task);
+                        if files.len() >= BATCH_FILES || chunks_planned >= BATCH_CHUNKS {
+                            more = true;
+                            break;
+                        }
+                    }
+                    _ => match entry::decide(&path, &node, overwrite) {
+                        Err(reason) => fail(reason),
+                        Ok(Decision::Keep) => out.kept += 1,
+                        Ok(_) => match temps.make_special(&path, &node, &mut out.warnings) {
+                            Ok(true) => out.others += 1,
+                            Ok(false) => {}
+                            Err(reason) => fail(reason),
+                        },
+                    },
+                }
+            }
+            out.bytes += content::restore(
+                repo,
+                index,
+                &files,
+                &temps,
+                plan.threads,
+                progress,
+                &mut out.warnings,
+            );
+            if crate::interrupt::cancelled() {
+                return Err(interrupted());
+            }
+            for f in &files {
+                match f.failure() {
+                    Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
+                    None => out.files += 1,
+                }
+            }
+            for first in links.values_mut() {
+                if let First::Pending(i) = first {
+                    let f = &files[*i];
+                    *first = match (f.failure(), f.ino()) {
+                        (None, Some(ino)) => First::Restored(f.path.clone(), ino),
+                        _ => First::NotOurs,
+                    };
+                }
+            }
+            for (i, path) in deferred {
+                let f = &files[i];
+                let res = match (f.failure(), f.ino()) {
+                    (None, Some(ino)) => temps.link(&f.path, ino, &path),
+                    _ => Err(format!(
+                        "its hard link target {} could not be restored",
+                        f.path.display()
+                    )),
+                };
+                match res {
+                    Ok(()) => out.others += 1,
+                    Err(reason) => out.failed.push((path.display().to_string(), reason)),
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        // Directories last, deepest first, so their mtimes stay.
+        for (path, node) in dirs.iter().rev() {
+            entry::apply_metadata(path, node, path, &mut out.warnings);
+        }
+        // What the walk could not read was named by the plan (the same walk).
+        Ok(())
+    }
+}
+
+fn prepare_target(target: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io("creating", target, e))?;
+    let t = target
+        .canonicalize()
+        .map_err(|e| Error::io("resolving", target, e))?;
+    if !t.is_dir() {
+        return Err(Error::config(format!(
+            "restore target {} is not a directory",
+            t.display()
+        )));
+    }
+    Ok(t)
+}
