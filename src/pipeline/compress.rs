@@ -10,19 +10,43 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
+/// Bytes of each of the three samples a large blob is tried on first.
+const SAMPLE: usize = 16 << 10;
+
 /// Compresses `data` at `level`; returns `None` when compression would not save space.
+///
+/// A blob of more than 16 samples is first tried on three samples (start, middle, end):
+/// when none of them shrinks by 1/32, the blob is taken as incompressible (already
+/// compressed or encrypted data) and the full compression, the costliest step of a backup
+/// of such data, is skipped.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if level == 0 || data.len() < 64 {
         return None;
     }
-    let out = COMPRESSOR.with_borrow_mut(|slot| {
+    COMPRESSOR.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
         }
-        slot.as_mut()?.1.compress(data).ok()
-    })?;
-    // Keep compressed only if it saves at least 1/32 of the size: decompressing costs time.
-    (out.len() + data.len() / 32 < data.len()).then_some(out)
+        let z = &mut slot.as_mut()?.1;
+        if data.len() > 16 * SAMPLE {
+            let mid = data.len() / 2 - SAMPLE / 2;
+            let samples = [0, mid, data.len() - SAMPLE].map(|at| &data[at..at + SAMPLE]);
+            if !samples
+                .iter()
+                .any(|s| z.compress(s).is_ok_and(|c| saves(c.len(), s.len())))
+            {
+                return None;
+            }
+        }
+        let out = z.compress(data).ok()?;
+        saves(out.len(), data.len()).then_some(out)
+    })
+}
+
+/// Whether compressing `len` bytes to `compressed` is worth it: it must save at least 1/32
+/// of the size, as decompressing costs time.
+fn saves(compressed: usize, len: usize) -> bool {
+    compressed + len / 32 < len
 }
 
 /// Decompresses a blob whose plaintext length is known to be `raw_len`.
@@ -57,6 +81,12 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         let noise: Vec<u8> = (0..10_000).map(|_| rng.u8(..)).collect();
         assert!(compress(&noise, 3).is_none());
+        // Large: decided on samples. Noise with text in the middle is still compressed.
+        let big: Vec<u8> = (0..1 << 20).map(|_| rng.u8(..)).collect();
+        assert!(compress(&big, 3).is_none());
+        let mut mixed = big.clone();
+        mixed[400 << 10..700 << 10].copy_from_slice(&b"backstop ".repeat(40_000)[..300 << 10]);
+        assert!(compress(&mixed, 3).is_some());
         assert!(decompress(&c, text.len() - 1).is_err());
         assert!(decompress(b"garbage", 10).is_err());
     }
