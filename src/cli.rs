@@ -239,7 +239,7 @@ pub enum Command {
         #[command(flatten)]
         repo: RepoArgs,
         #[command(flatten)]
-        keep: crate::policy::retention::KeepRules,
+        keep: backstop::policy::retention::KeepRules,
         /// Take retention rules, time zone and targets from this policy file.
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
@@ -326,12 +326,12 @@ pub struct LatestArgs {
 
 impl LatestArgs {
     /// The filter for "latest".
-    pub fn filter(&self) -> crate::repo::SnapshotFilter {
-        crate::repo::SnapshotFilter {
+    pub fn filter(&self) -> backstop::repo::SnapshotFilter {
+        backstop::repo::SnapshotFilter {
             host: if self.any_host {
                 None
             } else {
-                Some(self.host.clone().unwrap_or_else(crate::repo::hostname))
+                Some(self.host.clone().unwrap_or_else(backstop::repo::hostname))
             },
             paths: self.paths.clone(),
         }
@@ -349,7 +349,7 @@ pub enum OverwriteArg {
     Always,
 }
 
-impl From<OverwriteArg> for crate::restore::Overwrite {
+impl From<OverwriteArg> for backstop::restore::Overwrite {
     fn from(o: OverwriteArg) -> Self {
         match o {
             OverwriteArg::Never => Self::Never,

@@ -1,19 +1,26 @@
 //! Global settings: where the data directory and catalog are, and where passphrases come from.
+//!
+//! Nothing here reads the process environment: callers pass a lookup (the binary passes
+//! `std::env::var_os`; the daemon and tests can pass their own).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+
+/// Looks an environment variable up.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 
 use crate::error::{Error, Result};
 
 /// The data directory: `$BACKSTOP_DATA_DIR`, else `$XDG_DATA_HOME/backstop`, else
 /// `~/.local/share/backstop`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BACKSTOP_DATA_DIR") {
+pub fn default_data_dir(env: Env) -> PathBuf {
+    if let Some(d) = env("BACKSTOP_DATA_DIR") {
         return PathBuf::from(d);
     }
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+    if let Some(d) = env("XDG_DATA_HOME") {
         return PathBuf::from(d).join("backstop");
     }
-    let home = std::env::var_os("HOME")
+    let home = env("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib"));
     home.join(".local/share/backstop")
@@ -44,8 +51,8 @@ impl PasswordSource {
             && self.password_command.is_none()
     }
 
-    /// Reads the passphrase.
-    pub fn read(&self) -> Result<Vec<u8>> {
+    /// Reads the passphrase (`env` looks up `password_env`).
+    pub fn read(&self, env: Env) -> Result<Vec<u8>> {
         if let Some(cmd) = &self.password_command {
             let out = std::process::Command::new("sh")
                 .arg("-c")
@@ -68,7 +75,7 @@ impl PasswordSource {
             return first_line(b, &format!("password file {}", f.display()));
         }
         if let Some(var) = &self.password_env {
-            return match std::env::var_os(var) {
+            return match env(var) {
                 Some(v) if !v.is_empty() => Ok(std::os::unix::ffi::OsStringExt::into_vec(v)),
                 _ => Err(Error::config(format!(
                     "environment variable {var} (the repository password) is not set"

@@ -8,7 +8,6 @@
 pub mod backup;
 pub mod cancel;
 pub mod catalog;
-pub mod cli;
 pub mod config;
 pub mod error;
 pub mod failpoint;

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 
-use backstop::cli::{Cli, LogFormat};
+mod cli;
+
+use cli::{Cli, LogFormat};
 
 fn main() {
     tune_allocator();
@@ -25,7 +27,7 @@ fn main() {
     match cli.global.log_format {
         LogFormat::Text => sub.without_time().with_target(false).init(),
         LogFormat::Json => {
-            backstop::cli::set_log_json(true);
+            cli::set_log_json(true);
             sub.json().init()
         }
     }
@@ -40,7 +42,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match backstop::cli::run(&cli, rt.handle().clone()) {
+    let code = match cli::run(&cli, rt.handle().clone()) {
         Ok(()) => 0,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {

@@ -9,22 +9,22 @@ use super::progress::Bar;
 use super::{
     BackupArgs, CatalogCommand, Cli, Command, LatestArgs, PolicyCommand, RepairCommand, RepoArgs,
 };
-use crate::backup::{BackupOptions, SourceOptions};
-use crate::catalog::{Recorder, RepoKey, blocking::Catalog};
-use crate::config::{self, PasswordSource};
-use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::{ChunkerParams, KdfParams};
-use crate::policy::retention;
-use crate::progress::{NoProgress, Progress};
-use crate::repo::prune::{PruneOptions, PruneReport};
-use crate::repo::{InitOptions, NodeKind, Repo};
-use crate::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
-use crate::source::command::CommandOptions;
-use crate::source::files::FilesOptions;
-use crate::storage::faults::Faults;
-use crate::storage::{Locking, Storage, StorageOptions};
-use crate::verify::ReadData;
-use crate::{jobs, policy};
+use backstop::backup::{BackupOptions, SourceOptions};
+use backstop::catalog::{Recorder, RepoKey, blocking::Catalog};
+use backstop::config::{self, PasswordSource};
+use backstop::error::{Error, ErrorKind, Result};
+use backstop::pipeline::{ChunkerParams, KdfParams};
+use backstop::policy::retention;
+use backstop::progress::{NoProgress, Progress};
+use backstop::repo::prune::{PruneOptions, PruneReport};
+use backstop::repo::{InitOptions, NodeKind, Repo};
+use backstop::restore::{self, Overwrite, RestoreOptions, SnapshotRef};
+use backstop::source::command::CommandOptions;
+use backstop::source::files::FilesOptions;
+use backstop::storage::faults::Faults;
+use backstop::storage::{Locking, Storage, StorageOptions};
+use backstop::verify::ReadData;
+use backstop::{jobs, policy};
 
 struct Ctx<'a> {
     cli: &'a Cli,
@@ -38,7 +38,9 @@ impl Ctx<'_> {
             (Some(u), _) => u.clone(),
             (None, Some(u)) => u.to_string(),
             (None, None) => config::default_catalog_url(
-                &g.data_dir.clone().unwrap_or_else(config::default_data_dir),
+                &g.data_dir
+                    .clone()
+                    .unwrap_or_else(|| config::default_data_dir(&env)),
             ),
         }
     }
@@ -58,7 +60,7 @@ impl Ctx<'_> {
         // BACKSTOP_LOCK_TTL is read here, not in the library; a bad value is a config error.
         let ttl = match std::env::var("BACKSTOP_LOCK_TTL") {
             Ok(v) => Some(
-                crate::repo::lock::parse_lock_ttl(&v)
+                backstop::repo::lock::parse_lock_ttl(&v)
                     .map_err(|e| e.context("BACKSTOP_LOCK_TTL"))?,
             ),
             Err(_) => None,
@@ -95,7 +97,7 @@ impl Ctx<'_> {
             ..storage.locking()
         };
         Repo::open(storage.with_locking(locking), || {
-            password_source(args).read()
+            password_source(args).read(&env)
         })
     }
 
@@ -124,10 +126,15 @@ fn password_source(args: &RepoArgs) -> PasswordSource {
     }
 }
 
+/// The process environment, for the library's settings that come from it.
+fn env(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}
+
 /// Runs the parsed command line. `Partial` errors mean "done, but something failed".
 pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
     // SIGINT/SIGTERM: release locks and remove half-written files before exiting.
-    crate::interrupt::install();
+    backstop::interrupt::install();
     let ctx = Ctx { cli, rt };
     let json_out = cli.global.json;
     match &cli.command {
@@ -151,7 +158,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     } else {
                         pw
                     };
-                    let r = Repo::open(ctx.storage(other)?, || pw.read())
+                    let r = Repo::open(ctx.storage(other)?, || pw.read(&env))
                         .map_err(|e| e.context(format!("opening --from-repo {other}")))?;
                     Some(r.chunking())
                 }
@@ -166,7 +173,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             let passphrase = if *no_encryption {
                 None
             } else {
-                Some(password_source(repo).read()?)
+                Some(password_source(repo).read(&env)?)
             };
             let r = Repo::init(
                 storage,
@@ -555,7 +562,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
         }
         Command::Unlock { repo } => {
             let r = ctx.open_repo(repo)?;
-            let removed = crate::repo::lock::remove_stale(r.storage())?;
+            let removed = backstop::repo::lock::remove_stale(r.storage())?;
             if json_out {
                 json(&removed);
             } else {
@@ -659,15 +666,15 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         threads: args.threads.map_or(0, usize::from),
         retry_lock: retry_lock(&args.repo)?,
         damaged_packs: Default::default(),
-        cancel: crate::interrupt::token(),
+        cancel: backstop::interrupt::token(),
     };
     // A signal cancels the backup, which stops at its next step and releases its lock.
-    let _cooperation = crate::interrupt::cooperate();
+    let _cooperation = backstop::interrupt::cooperate();
     // Each target: (label, repo). From a policy, or the one --repo.
     let (targets, catalog_url) = match &args.policy {
         Some(path) => {
             let lp = policy::load(path)?;
-            let crate::policy::Source::Files(src) = &lp.policy.source;
+            let backstop::policy::Source::Files(src) = &lp.policy.source;
             files.paths = src.paths.clone();
             files.excludes.extend(src.exclude.iter().cloned());
             files.includes.extend(src.include.iter().cloned());
@@ -685,7 +692,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
                 } else {
                     pw
                 };
-                let repo = Repo::open(storage, || pw.read())
+                let repo = Repo::open(storage, || pw.read(&env))
                     .map_err(|e| e.context(format!("target {name}")))?;
                 targets.push((name.clone(), repo));
             }
@@ -695,7 +702,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             if let Some(command) = &args.stdin_from_command {
                 let timeout = match &args.timeout {
                     Some(t) => Some(
-                        crate::policy::retention::parse_duration(t)
+                        backstop::policy::retention::parse_duration(t)
                             .ok()
                             .and_then(|d| d.to_std().ok())
                             .filter(|d| !d.is_zero())
@@ -819,7 +826,7 @@ fn ls(
                     } else {
                         format!("/{parent}")
                     };
-                    let t = crate::repo::Tree { nodes: vec![node] };
+                    let t = backstop::repo::Tree { nodes: vec![node] };
                     list(&r, &index, &t, &prefix, &mut out, &mut failed)?
                 }
                 (None, Some(e)) => return Err(e),
@@ -860,15 +867,15 @@ fn ls(
 
 /// What a path inside a snapshot names.
 enum Found {
-    Dir(crate::repo::Tree),
-    Node(crate::repo::Node),
+    Dir(backstop::repo::Tree),
+    Node(backstop::repo::Node),
 }
 
 /// Looks up root-relative `rel` ("" is the root); `None` if it is not in the snapshot.
 fn find_in(
     r: &Repo,
-    index: &crate::repo::Index,
-    root: &crate::repo::Tree,
+    index: &backstop::repo::Index,
+    root: &backstop::repo::Tree,
     rel: &str,
 ) -> Result<Option<Found>> {
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
@@ -893,8 +900,8 @@ fn find_in(
 /// Lists `tree` below `prefix`; a directory whose tree is damaged is named in `failed`.
 fn list(
     r: &Repo,
-    index: &crate::repo::Index,
-    tree: &crate::repo::Tree,
+    index: &backstop::repo::Index,
+    tree: &backstop::repo::Tree,
     prefix: &str,
     out: &mut Vec<serde_json::Value>,
     failed: &mut Vec<(String, String)>,
@@ -919,7 +926,10 @@ fn list(
                 Ok(t) => list(r, index, &t, &path, out, failed)?,
                 Err(e) if e.kind() == ErrorKind::Corrupt => failed.push((
                     path,
-                    format!("directory listing unreadable: {}", crate::error::chain(&e)),
+                    format!(
+                        "directory listing unreadable: {}",
+                        backstop::error::chain(&e)
+                    ),
                 )),
                 Err(e) => return Err(e),
             }
@@ -991,13 +1001,13 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         .ok_or_else(|| Error::config("the demo policy has no target"))?;
     let storage = ctx.storage(&target.repo)?;
     let repo = if storage.exists("config")? {
-        Repo::open(storage, || target.password.read())?
+        Repo::open(storage, || target.password.read(&env))?
     } else {
         outln!("1. creating repository {name} at {}", target.repo);
         Repo::init(
             storage,
             &InitOptions {
-                passphrase: Some(target.password.read()?),
+                passphrase: Some(target.password.read(&env)?),
                 kdf: KdfParams::default(),
                 chunker: ChunkerParams::default(),
                 chunking_of: None,
@@ -1005,7 +1015,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         )?
     };
     let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
-    let crate::policy::Source::Files(src) = &lp.policy.source;
+    let backstop::policy::Source::Files(src) = &lp.policy.source;
     let opts = BackupOptions {
         source: SourceOptions::Files(FilesOptions {
             paths: src.paths.clone(),
@@ -1090,7 +1100,7 @@ fn cat_location(ctx: &Ctx, lp: &policy::LoadedPolicy) -> String {
                     .global
                     .data_dir
                     .clone()
-                    .unwrap_or_else(config::default_data_dir),
+                    .unwrap_or_else(|| config::default_data_dir(&env)),
             )
         })
 }
@@ -1126,14 +1136,14 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
                 "no retention rule given (--keep-… or --policy with [retention]) and no SNAPSHOT named; nothing would be removed",
             ));
         }
-        crate::forget::Selection::Rules(&rules)
+        backstop::forget::Selection::Rules(&rules)
     } else {
         if !rules.is_empty() || a.policy_file.is_some() {
             return Err(Error::config(
                 "give either SNAPSHOT ids or retention rules (--keep-…, --policy), not both",
             ));
         }
-        crate::forget::Selection::Ids(a.ids)
+        backstop::forget::Selection::Ids(a.ids)
     };
     // Which repositories: --repo, else the policy's targets (or the one --target names).
     let mut repos: Vec<(String, Repo)> = Vec::new();
@@ -1159,7 +1169,7 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
                 } else {
                     pw
                 };
-                let r = Repo::open(storage, || pw.read())
+                let r = Repo::open(storage, || pw.read(&env))
                     .map_err(|e| e.context(format!("target {name}")))?;
                 repos.push((name.clone(), r));
             }

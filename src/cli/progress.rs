@@ -2,7 +2,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::progress::Progress;
+use backstop::progress::Progress;
 
 /// A progress bar on standard error.
 pub struct Bar(ProgressBar);
