@@ -142,6 +142,38 @@ pub struct LoadedPolicy {
     pub targets: Vec<(String, Target)>,
 }
 
+impl LoadedPolicy {
+    /// The one resolved value a backup of this policy runs with: the policy's source and
+    /// settings, with what the command line adds. The policy's paths; excludes, includes and
+    /// tags of both; `one-file-system` and `ignore-inode` if either says so; the policy's
+    /// compression and name; the rest (full, threads, lock wait, cancellation) from `flags`.
+    pub fn backup_options(
+        &self,
+        flags: &crate::backup::BackupOptions,
+    ) -> crate::backup::BackupOptions {
+        use crate::backup::SourceOptions;
+        let Source::Files(src) = &self.policy.source;
+        let mut files = match &flags.source {
+            SourceOptions::Files(f) => f.clone(),
+            SourceOptions::Command(_) => Default::default(),
+        };
+        files.paths = src.paths.clone();
+        files.excludes.extend(src.exclude.iter().cloned());
+        files.includes.extend(src.include.iter().cloned());
+        files.one_file_system |= src.one_file_system;
+        files.ignore_inode |= src.ignore_inode;
+        let mut tags = flags.tags.clone();
+        tags.extend(self.policy.tags.iter().cloned());
+        crate::backup::BackupOptions {
+            source: SourceOptions::Files(files),
+            tags,
+            compression: self.policy.compression,
+            policy: Some(self.policy.name.clone()),
+            ..flags.clone()
+        }
+    }
+}
+
 /// "file:line:column" of a byte offset.
 fn position(path: &Path, text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];

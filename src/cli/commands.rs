@@ -649,7 +649,7 @@ fn policy_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 }
 
 fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
-    let mut files = FilesOptions {
+    let files = FilesOptions {
         paths: args.paths.clone(),
         excludes: args.exclude.clone(),
         includes: args.include.clone(),
@@ -658,7 +658,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         threads: 0,
     };
     let mut opts = BackupOptions {
-        source: SourceOptions::Files(Default::default()),
+        source: SourceOptions::Files(files),
         full: args.full,
         tags: args.tag.clone(),
         policy: None,
@@ -674,15 +674,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let (targets, catalog_url) = match &args.policy {
         Some(path) => {
             let lp = policy::load(path)?;
-            let backstop::policy::Source::Files(src) = &lp.policy.source;
-            files.paths = src.paths.clone();
-            files.excludes.extend(src.exclude.iter().cloned());
-            files.includes.extend(src.include.iter().cloned());
-            files.one_file_system |= src.one_file_system;
-            files.ignore_inode |= src.ignore_inode;
-            opts.tags.extend(lp.policy.tags.iter().cloned());
-            opts.compression = lp.policy.compression;
-            opts.policy = Some(lp.policy.name.clone());
+            opts = lp.backup_options(&opts);
             let mut targets = Vec::new();
             for (name, t) in &lp.targets {
                 let storage = ctx.storage(&t.repo)?;
@@ -730,9 +722,6 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             )
         }
     };
-    if matches!(opts.source, SourceOptions::Files(_)) {
-        opts.source = SourceOptions::Files(files);
-    }
     let cat = ctx.recorder(catalog_url.as_deref());
     let mut results = Vec::new();
     let mut warnings = 0;
@@ -1015,17 +1004,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         )?
     };
     let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
-    let backstop::policy::Source::Files(src) = &lp.policy.source;
-    let opts = BackupOptions {
-        source: SourceOptions::Files(FilesOptions {
-            paths: src.paths.clone(),
-            excludes: src.exclude.clone(),
-            ..Default::default()
-        }),
-        compression: lp.policy.compression,
-        policy: Some(lp.policy.name.clone()),
-        ..Default::default()
-    };
+    let opts = lp.backup_options(&BackupOptions::default());
     let b = jobs::backup(&cat, &repo, &opts, &NoProgress)?;
     let s = &b.snapshot.summary;
     outln!(
