@@ -401,27 +401,30 @@ impl Repo {
     }
 
     /// A file's content as chunks and holes: each [`Piece::List`] replaced by the pieces it
-    /// stores (checked to cover the length it claims).
+    /// stores.
     pub fn expand_content(&self, index: &Index, pieces: &[Piece]) -> Result<Vec<Piece>> {
         let mut out = Vec::with_capacity(pieces.len());
         for p in pieces {
             match p {
-                Piece::List(id, len) => {
-                    let list = tree::ContentList::decode(&self.read_blob(index, id)?)
-                        .map_err(|e| e.context(format!("content list {}", id.short())))?;
-                    if list.len() != *len {
-                        return Err(Error::corrupt(format!(
-                            "content list {} covers {} bytes, not the {len} its file says",
-                            id.short(),
-                            list.len()
-                        )));
-                    }
-                    out.extend(list.pieces);
-                }
+                Piece::List(id, len) => out.extend(self.load_content_list(index, id, *len)?.pieces),
                 p => out.push(*p),
             }
         }
         Ok(out)
+    }
+
+    /// Loads the content list `id`, checked to cover the `len` bytes its file says.
+    pub fn load_content_list(&self, index: &Index, id: &Id, len: u64) -> Result<ContentList> {
+        let list = ContentList::decode(&self.read_blob(index, id)?)
+            .map_err(|e| e.context(format!("content list {}", id.short())))?;
+        if list.len() != len {
+            return Err(Error::corrupt(format!(
+                "content list {} covers {} bytes, not the {len} its file says",
+                id.short(),
+                list.len()
+            )));
+        }
+        Ok(list)
     }
 
     /// Lists snapshots, oldest first. A manifest that cannot be read, authenticated or

@@ -362,13 +362,7 @@ impl Ingest<'_> {
 
     fn store_list(&self, pieces: Vec<Piece>) -> Result<Piece> {
         let list = ContentList { pieces };
-        let len = list.len();
-        let data = list.encode();
-        let id = self.repo.crypto().chunk_id(&data);
-        if self.claim(id) {
-            self.send(BlobKind::Tree, id, data)?;
-        }
-        Ok(Piece::List(id, len))
+        Ok(Piece::List(self.store_metadata(list.encode())?, list.len()))
     }
 
     /// Stores a directory listing; returns its id.
@@ -379,6 +373,11 @@ impl Ingest<'_> {
                 "a directory has too many entries for one tree blob",
             ));
         }
+        self.store_metadata(data)
+    }
+
+    /// Stores a tree-kind blob (a listing or a content list) unless it is stored already.
+    fn store_metadata(&self, data: Vec<u8>) -> Result<Id> {
         let id = self.repo.crypto().chunk_id(&data);
         if self.claim(id) {
             self.send(BlobKind::Tree, id, data)?;

@@ -167,24 +167,10 @@ impl ContentReader {
                 self.plan.list = None;
             }
             match self.plan.pieces.next()? {
-                Piece::List(id, len) => {
-                    let list = self
-                        .repo
-                        .read_blob(&self.index, &id)
-                        .and_then(|b| super::tree::ContentList::decode(&b))
-                        .map_err(|e| e.context(format!("content list {}", id.short())));
-                    match list {
-                        Ok(l) if l.len() == len => self.plan.list = Some(l.pieces.into_iter()),
-                        Ok(l) => {
-                            return Some(Err(Error::corrupt(format!(
-                                "content list {} covers {} bytes, not the {len} its file says",
-                                id.short(),
-                                l.len()
-                            ))));
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
+                Piece::List(id, len) => match self.repo.load_content_list(&self.index, &id, len) {
+                    Ok(l) => self.plan.list = Some(l.pieces.into_iter()),
+                    Err(e) => return Some(Err(e)),
+                },
                 p => return Some(Ok(p)),
             }
         }

@@ -145,13 +145,7 @@ pub struct ToCommand {
 impl ToCommand {
     /// The command `line`, split into words as a shell would (run without a shell).
     pub fn new(line: &str) -> Result<ToCommand> {
-        let argv = shell_words::split(line)
-            .map_err(|e| Error::config(format!("--to-command: cannot split '{line}': {e}")))?;
-        if argv.is_empty() {
-            return Err(Error::config(
-                "--to-command: give the command to run, e.g. 'psql -d app'",
-            ));
-        }
+        let argv = crate::source::command::split("--to-command", line, "psql -d app")?;
         Ok(ToCommand {
             line: line.to_string(),
             argv,

@@ -43,17 +43,7 @@ pub struct Command {
 impl Command {
     /// Checks the command line and the file name.
     pub fn open(opts: CommandOptions, host: &str) -> Result<Command> {
-        let argv = shell_words::split(&opts.command).map_err(|e| {
-            Error::config(format!(
-                "--stdin-from-command: cannot split '{}': {e}",
-                opts.command
-            ))
-        })?;
-        if argv.is_empty() {
-            return Err(Error::config(
-                "--stdin-from-command: give the command to run, e.g. 'pg_dump -Fc mydb'",
-            ));
-        }
+        let argv = split("--stdin-from-command", &opts.command, "pg_dump -Fc mydb")?;
         let n = opts.name.as_str();
         if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
             return Err(Error::config(format!(
@@ -184,6 +174,19 @@ impl Source for Command {
             read_all: true,
         })
     }
+}
+
+/// Splits the command line given with `flag` into words as a shell would (quotes and
+/// backslashes), for running without a shell; an empty line is refused, with `example`.
+pub fn split(flag: &str, line: &str, example: &str) -> Result<Vec<String>> {
+    let argv = shell_words::split(line)
+        .map_err(|e| Error::config(format!("{flag}: cannot split '{line}': {e}")))?;
+    if argv.is_empty() {
+        return Err(Error::config(format!(
+            "{flag}: give the command to run, e.g. '{example}'"
+        )));
+    }
+    Ok(argv)
 }
 
 /// Waits for the end of the output (`ended` disconnects), the timeout, or cancellation;
