@@ -81,11 +81,62 @@ fn sigkill_at_named_points_leaves_repository_consistent() {
 /// Phases at which a backup is uploading: a kill there interrupts real work.
 const UPLOADING: [&str; 3] = ["after-lock", "after-object-write", "after-pack-upload"];
 
+/// A backup of `src` whose phases (from its debug log) arrive on the returned channel.
+fn spawn_following_phases(
+    env: &Env,
+    src: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let mut child = env.spawn(
+        &["backup", src.to_str().unwrap()],
+        &[("BACKSTOP_LOG", "backstop::phase=debug")],
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, p)) = line.split_once("phase ") {
+                let _ = tx.send(p.trim().to_string());
+            }
+        }
+    });
+    (child, rx, reader)
+}
+
+/// Waits for `phase`, returning every phase seen up to it.
+fn wait_for(rx: &std::sync::mpsc::Receiver<String>, phase: &str) -> Vec<String> {
+    let mut phases = Vec::new();
+    loop {
+        let p = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the backup reports {phase}: {phases:?}"));
+        phases.push(p.clone());
+        if p == phase {
+            return phases;
+        }
+    }
+}
+
 #[test]
 fn sigkill_at_random_times_leaves_repository_consistent() {
-    use std::io::BufRead;
+    use std::time::{Duration, Instant};
     let env = Env::new();
     env.init();
+    // How long this machine takes to upload one tree: the kills below land at random
+    // times inside that window, however fast or slow the machine is.
+    let (mut child, rx, reader) = spawn_following_phases(&env, &tree(&env, 99));
+    wait_for(&rx, "after-lock");
+    let start = Instant::now();
+    wait_for(&rx, "before-index");
+    let window = start.elapsed().max(Duration::from_millis(50));
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -96,37 +147,14 @@ fn sigkill_at_random_times_leaves_repository_consistent() {
         attempts += 1;
         assert!(
             attempts <= 12,
-            "only {mid_upload} of {attempts} kills landed mid-upload (seed {seed})"
+            "only {mid_upload} of {attempts} kills landed mid-upload \
+             (seed {seed}, upload window {window:?})"
         );
         let src = tree(&env, 100 + attempts);
         let before = env.snapshots().len();
-        let mut child = env.spawn(
-            &["backup", src.to_str().unwrap()],
-            &[("BACKSTOP_LOG", "backstop::phase=debug")],
-        );
-        // Follow the phases the backup reports; kill it a random time after it took its
-        // lock, within the time an upload of this tree takes.
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some((_, p)) = line.split_once("phase ") {
-                    let _ = tx.send(p.trim().to_string());
-                }
-            }
-        });
-        let mut phases = Vec::new();
-        loop {
-            let p = rx
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("the backup reports its phases");
-            phases.push(p.clone());
-            if p == "after-lock" {
-                break;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(rng.u64(0..1500)));
+        let (mut child, rx, reader) = spawn_following_phases(&env, &src);
+        let mut phases = wait_for(&rx, "after-lock");
+        std::thread::sleep(window.mul_f64(rng.f64()));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         reader.join().unwrap();
