@@ -148,7 +148,7 @@ impl Repo {
                     let id = Id::hash(&kf);
                     let path = format!("keys/{id}");
                     written.push(path.clone());
-                    storage.write_verified(&path, kf, &id)?;
+                    storage.write_verified(&path, kf.into(), &id)?;
                     crate::failpoint::hit("init-after-key");
                     Crypto::keyed(&key)
                 }
@@ -323,21 +323,24 @@ impl Repo {
         let sealed = self.crypto.seal(plain);
         let id = Id::hash(&sealed);
         self.storage
-            .write_verified(&format!("{dir}/{id}"), sealed, &id)?;
+            .write_verified(&format!("{dir}/{id}"), sealed.into(), &id)?;
         Ok(id)
     }
 
     /// Stores a finished pack (verified by read-back) and returns its index record.
-    pub fn store_pack(&self, p: pack::FinishedPack) -> Result<IndexPack> {
+    pub fn store_pack(&self, p: &pack::FinishedPack) -> Result<IndexPack> {
         let size = p.bytes.len() as u64;
         self.storage
-            .write_verified(&pack::path(&p.id), p.bytes, &p.id)?;
+            .write_verified(&pack::path(&p.id), p.bytes.clone(), &p.id)?;
         let mut offset = 0;
         let blobs = p
             .entries
-            .into_iter()
+            .iter()
             .map(|entry| {
-                let b = index::IndexBlob { offset, entry };
+                let b = index::IndexBlob {
+                    offset,
+                    entry: entry.clone(),
+                };
                 offset += b.entry.stored_len;
                 b
             })

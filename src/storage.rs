@@ -136,6 +136,16 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
+    /// [`Backend::read_range`] as the pieces the service returned, not copied into one
+    /// buffer (a service may return a long range in pieces).
+    fn read_pieces<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move { Ok(vec![self.read_range(path, range).await?]) })
+    }
+
     /// Whether an object exists.
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
@@ -378,10 +388,8 @@ impl Storage {
     }
 
     /// Reads `range` of an object; a short read is retried, then reported as truncation.
-    pub fn read_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        self.rt
-            .block_on(self.backend.read_range(path, range))
-            .map(|b| b.to_vec())
+    pub fn read_range(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
+        self.rt.block_on(self.backend.read_range(path, range))
     }
 
     /// Reads `range` of an object, from a task.
@@ -404,9 +412,8 @@ impl Storage {
     /// Writes a content-addressed object, then reads it back and checks its BLAKE3 hash;
     /// an object that does not read back intact is written again (as often as the retry
     /// policy allows).
-    pub fn write_verified(&self, path: &str, bytes: Vec<u8>, id: &Id) -> Result<()> {
-        self.rt
-            .block_on(self.write_verified_async(path, Bytes::from(bytes), id))
+    pub fn write_verified(&self, path: &str, bytes: Bytes, id: &Id) -> Result<()> {
+        self.rt.block_on(self.write_verified_async(path, bytes, id))
     }
 
     /// [`Storage::write_verified`], from a task.
@@ -441,18 +448,20 @@ impl Storage {
     }
 
     async fn hash_async(&self, path: &str, len: u64) -> Result<Id> {
-        const STEP: u64 = 4 << 20;
         let size = self.backend.stat(path).await?.size;
         if size != len {
             return Err(Error::corrupt(format!(
                 "{path} has {size} bytes, expected {len}"
             )));
         }
+        const STEP: u64 = 4 << 20;
         let mut hasher = blake3::Hasher::new();
         let mut at = 0;
         while at < len {
             let end = (at + STEP).min(len);
-            hasher.update(&self.backend.read_range(path, at..end).await?);
+            for piece in self.backend.read_pieces(path, at..end).await? {
+                hasher.update(&piece);
+            }
             at = end;
         }
         Ok(Id(*hasher.finalize().as_bytes()))

@@ -20,26 +20,48 @@ const SAMPLE: usize = 16 << 10;
 /// compressed or encrypted data) and the full compression, the costliest step of a backup
 /// of such data, is skipped.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    compress_into(data, level, &mut out).then_some(out)
+}
+
+/// [`compress`] into `out` (cleared first), a buffer the caller reuses; returns whether
+/// `out` holds the compressed data.
+pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
+    super::recycle(out);
     if level == 0 || data.len() < 64 {
-        return None;
+        return false;
     }
     COMPRESSOR.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+            let Ok(z) = zstd::bulk::Compressor::new(level) else {
+                return false;
+            };
+            *slot = Some((level, z));
         }
-        let z = &mut slot.as_mut()?.1;
+        let Some((_, z)) = slot.as_mut() else {
+            return false;
+        };
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        let mut shrinks = |part: &[u8], out: &mut Vec<u8>| {
+            out.clear();
+            z.compress_to_buffer(part, out)
+                .is_ok_and(|n| saves(n, part.len()))
+        };
         if data.len() > 16 * SAMPLE {
             let mid = data.len() / 2 - SAMPLE / 2;
-            let samples = [0, mid, data.len() - SAMPLE].map(|at| &data[at..at + SAMPLE]);
-            if !samples
-                .iter()
-                .any(|s| z.compress(s).is_ok_and(|c| saves(c.len(), s.len())))
+            if ![0, mid, data.len() - SAMPLE]
+                .into_iter()
+                .any(|at| shrinks(&data[at..at + SAMPLE], out))
             {
-                return None;
+                out.clear();
+                return false;
             }
         }
-        let out = z.compress(data).ok()?;
-        saves(out.len(), data.len()).then_some(out)
+        let ok = shrinks(data, out);
+        if !ok {
+            out.clear();
+        }
+        ok
     })
 }
 
@@ -51,12 +73,22 @@ fn saves(compressed: usize, len: usize) -> bool {
 
 /// Decompresses a blob whose plaintext length is known to be `raw_len`.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let out = DECOMPRESSOR
+    let mut out = Vec::new();
+    decompress_into(data, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first), a buffer the caller reuses.
+pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
+    super::recycle(out);
+    out.reserve(raw_len);
+    DECOMPRESSOR
         .with_borrow_mut(|slot| {
             if slot.is_none() {
                 *slot = Some(zstd::bulk::Decompressor::new()?);
             }
-            slot.as_mut().expect("just set").decompress(data, raw_len)
+            let z = slot.as_mut().expect("just set");
+            z.decompress_to_buffer(data, out)
         })
         .map_err(|e| Error::corrupt(format!("zstd data is corrupt: {e}")))?;
     if out.len() != raw_len {
@@ -65,7 +97,7 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
             out.len()
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -115,6 +115,27 @@ impl Crypto {
         }
     }
 
+    /// Appends `plain`, sealed, to `out`: a buffer the caller reuses allocates nothing once
+    /// it is large enough.
+    pub fn seal_into(&self, plain: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Crypto::None => out.extend_from_slice(plain),
+            Crypto::Keyed { cipher, .. } => seal_append(cipher, plain, out),
+        }
+    }
+
+    /// Opens a sealed object into `out`, a buffer the caller reuses, and returns the
+    /// plaintext: `out`'s contents, or `sealed` itself when objects are not encrypted.
+    pub fn open_into<'a>(&self, sealed: &'a [u8], out: &'a mut Vec<u8>) -> Result<&'a [u8]> {
+        match self {
+            Crypto::None => Ok(sealed),
+            Crypto::Keyed { cipher, .. } => {
+                open_into(cipher, sealed, out)?;
+                Ok(out)
+            }
+        }
+    }
+
     /// Opens a sealed object; fails if it was altered or sealed with another key.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         match self {
@@ -125,19 +146,34 @@ impl Crypto {
 }
 
 fn seal_with(cipher: &XChaCha20Poly1305, plain: &[u8]) -> Vec<u8> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::fill(&mut nonce);
     let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plain);
-    let tag = cipher
-        .encrypt_inout_detached(&XNonce::from(nonce), b"", (&mut out[NONCE_LEN..]).into())
-        .expect("XChaCha20-Poly1305 accepts any message length we produce");
-    out.extend_from_slice(&tag);
+    seal_append(cipher, plain, &mut out);
     out
 }
 
+/// Appends nonce, ciphertext and tag of `plain` to `out`.
+fn seal_append(cipher: &XChaCha20Poly1305, plain: &[u8], out: &mut Vec<u8>) {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::fill(&mut nonce);
+    out.reserve(plain.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&nonce);
+    let at = out.len();
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_inout_detached(&XNonce::from(nonce), b"", (&mut out[at..]).into())
+        .expect("XChaCha20-Poly1305 accepts any message length we produce");
+    out.extend_from_slice(&tag);
+}
+
 fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_into(cipher, sealed, &mut out)?;
+    Ok(out)
+}
+
+/// Opens `sealed` into `out` (cleared first).
+fn open_into(cipher: &XChaCha20Poly1305, sealed: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
     if sealed.len() < SEAL_OVERHEAD {
         return Err(Error::corrupt(
             "sealed object is shorter than its nonce and tag",
@@ -147,7 +183,7 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>> {
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
     let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
-    let mut out = body.to_vec();
+    out.extend_from_slice(body);
     cipher
         .decrypt_inout_detached(
             &XNonce::from(nonce),
@@ -157,8 +193,7 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>> {
         )
         .map_err(|_| {
             Error::corrupt("authentication failed: the object was altered or the key is wrong")
-        })?;
-    Ok(out)
+        })
 }
 
 /// Argon2id parameters stored in a key file.

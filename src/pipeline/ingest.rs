@@ -22,11 +22,12 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};
+use crate::pipeline::compress;
 use crate::progress::Progress;
 use crate::repo::lock::LockGuard;
+use crate::repo::pack::FinishedPack;
 use crate::repo::pack::Packer;
 use crate::repo::pack::{self, BlobKind};
-use crate::repo::pack::{FinishedPack, seal_blob};
 use crate::repo::{ContentList, Id, Index, IndexPack, Piece, Repo, Tree};
 
 /// How a stream is cut into chunks.
@@ -126,6 +127,8 @@ struct Packing<'a> {
     /// One token per pack that may upload at once (`Storage::write_concurrency`).
     upload_slots: (Receiver<()>, Sender<()>),
     written: Mutex<Vec<IndexPack>>,
+    /// Buffers of sealed chunks, for the next ones: reused memory costs no page faults.
+    spare_chunks: (Sender<Vec<u8>>, Receiver<Vec<u8>>),
     error: Mutex<Option<Error>>,
     /// The source failed: nothing more is stored.
     aborted: AtomicBool,
@@ -163,6 +166,7 @@ pub fn run<T>(
             (rx, tx)
         },
         written: Mutex::new(Vec::new()),
+        spare_chunks: bounded(settings.threads.max(1)),
         error: Mutex::new(None),
         aborted: AtomicBool::new(false),
         lock,
@@ -283,6 +287,14 @@ impl Ingest<'_> {
         !self.index.contains(&id) && self.added.lock().expect("added lock").insert(id)
     }
 
+    /// A copy of `chunk` in a reused buffer.
+    fn copy(&self, chunk: &[u8]) -> Vec<u8> {
+        let mut data = self.packing.spare_chunks.1.try_recv().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(chunk);
+        data
+    }
+
     fn send(&self, kind: BlobKind, id: Id, data: Vec<u8>) -> Result<()> {
         self.blobs
             .send(Blob { kind, id, data })
@@ -319,7 +331,7 @@ impl Ingest<'_> {
             pieces.push(Piece::Chunk(id, n));
             if self.claim(id) {
                 Counters::add(&self.counters.bytes_new, u64::from(n));
-                self.send(BlobKind::Data, id, chunk.to_vec())?;
+                self.send(BlobKind::Data, id, self.copy(chunk))?;
             }
             Ok(())
         };
@@ -435,13 +447,19 @@ impl Packing<'_> {
     /// uploads it.
     fn seal(&self, blobs: Receiver<Blob>) {
         let crypto = self.repo.crypto();
+        // This thread's compression buffer: reused, it costs no fresh pages per blob.
+        let mut z = Vec::new();
         for b in blobs {
             if self.failed() {
                 continue;
             }
-            let sealed = seal_blob(b.kind, b.id, b.data, self.compression, crypto);
+            let compressed = compress::compress_into(&b.data, self.compression, &mut z);
+            let body = if compressed { &z[..] } else { &b.data[..] };
             let mut packer = self.packer.lock().expect("packer lock");
-            packer.add(sealed);
+            packer.seal((b.kind, b.id), b.data.len(), compressed, body, crypto);
+            if b.data.capacity() <= crate::pipeline::REUSE_MAX {
+                let _ = self.spare_chunks.0.try_send(b.data);
+            }
             if !packer.is_full() {
                 continue;
             }
@@ -465,14 +483,13 @@ impl Packing<'_> {
         if let Err(e) = self.lock.check() {
             return self.fail(e);
         }
-        let id = p.id;
-        match self.repo.store_pack(p) {
+        match self.repo.store_pack(&p) {
             Ok(record) => {
                 crate::failpoint::hit("after-pack-upload");
                 self.written.lock().expect("packs lock").push(record);
                 self.progress.items(1);
             }
-            Err(e) => self.fail(e.context(format!("storing pack {}", id.short()))),
+            Err(e) => self.fail(e.context(format!("storing pack {}", p.id.short()))),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! The header is a postcard `Vec<HeaderEntry>`; blob offsets are implicit (cumulative).
 //! A pack is named by the BLAKE3 hash of all its bytes, so verifying it is re-hashing it.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -109,19 +110,40 @@ pub fn parse(pack: &[u8], crypto: &Crypto) -> Result<Vec<Located>> {
 
 /// Turns the stored bytes of one blob back into its plaintext and checks its id.
 pub fn open_blob(stored: &[u8], entry: &HeaderEntry, crypto: &Crypto) -> Result<Vec<u8>> {
-    let plain = crypto.open(stored)?;
-    let raw = if entry.compressed {
-        crate::pipeline::compress::decompress(&plain, entry.raw_len as usize)?
-    } else {
-        plain
-    };
-    if raw.len() != entry.raw_len as usize || crypto.chunk_id(&raw) != entry.id {
-        return Err(Error::corrupt(format!(
-            "blob {} does not match its hash",
-            entry.id
-        )));
+    Ok(Opener::default().open(stored, entry, crypto)?.to_vec())
+}
+
+/// The reusable buffers of one thread that opens blobs: once they have grown to the largest
+/// blob, opening allocates nothing (a fresh large buffer costs a page fault per 4 KiB).
+#[derive(Default)]
+pub struct Opener {
+    opened: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl Opener {
+    /// [`open_blob`] into this opener's buffers; the plaintext is valid until the next call.
+    pub fn open<'a>(
+        &'a mut self,
+        stored: &'a [u8],
+        entry: &HeaderEntry,
+        crypto: &Crypto,
+    ) -> Result<&'a [u8]> {
+        let Opener { opened, plain } = self;
+        crate::pipeline::recycle(opened);
+        let mut raw = crypto.open_into(stored, opened)?;
+        if entry.compressed {
+            compress::decompress_into(raw, entry.raw_len as usize, plain)?;
+            raw = plain;
+        }
+        if raw.len() != entry.raw_len as usize || crypto.chunk_id(raw) != entry.id {
+            return Err(Error::corrupt(format!(
+                "blob {} does not match its hash",
+                entry.id
+            )));
+        }
+        Ok(raw)
     }
-    Ok(raw)
 }
 
 /// Storage path of a pack.
@@ -143,44 +165,9 @@ pub struct FinishedPack {
     /// BLAKE3 of `bytes`: the pack's name.
     pub id: Id,
     /// The whole pack.
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// Its blobs, in order.
     pub entries: Vec<HeaderEntry>,
-}
-
-/// A blob compressed and sealed, not yet in a pack.
-pub struct SealedBlob {
-    /// Its header entry.
-    pub entry: HeaderEntry,
-    /// The sealed bytes.
-    pub bytes: Vec<u8>,
-}
-
-/// Compresses (when it helps) and seals one blob's plaintext.
-pub fn seal_blob(
-    kind: BlobKind,
-    id: Id,
-    plain: Vec<u8>,
-    level: i32,
-    crypto: &Crypto,
-) -> SealedBlob {
-    let raw_len = u32::try_from(plain.len()).expect("blobs are below 4 GiB");
-    let (compressed, body) = match compress::compress(&plain, level) {
-        Some(c) => (true, c),
-        None => (false, plain),
-    };
-    let bytes = crypto.seal(body);
-    let stored_len = u32::try_from(bytes.len()).expect("blobs are below 4 GiB");
-    SealedBlob {
-        entry: HeaderEntry {
-            kind,
-            id,
-            stored_len,
-            raw_len,
-            compressed,
-        },
-        bytes,
-    }
 }
 
 impl Packer {
@@ -193,22 +180,40 @@ impl Packer {
         }
     }
 
-    /// Appends a sealed blob.
-    pub fn add(&mut self, blob: SealedBlob) {
-        self.bytes.extend_from_slice(&blob.bytes);
-        self.entries.push(blob.entry);
+    /// Appends a blob sealed already (copied from another pack).
+    pub fn add(&mut self, entry: HeaderEntry, sealed: &[u8]) {
+        self.bytes.extend_from_slice(sealed);
+        self.entries.push(entry);
     }
 
-    /// Compresses, seals and appends a plaintext blob (for tests and small writers).
-    pub fn add_plain(
+    /// Seals `body` (a blob of `raw_len` plaintext bytes, zstd-compressed or not) straight
+    /// into the pack: no buffer of its own.
+    pub fn seal(
         &mut self,
-        kind: BlobKind,
-        id: Id,
-        plain: Vec<u8>,
-        level: i32,
+        blob: (BlobKind, Id),
+        raw_len: usize,
+        compressed: bool,
+        body: &[u8],
         crypto: &Crypto,
     ) {
-        self.add(seal_blob(kind, id, plain, level, crypto));
+        let at = self.bytes.len();
+        crypto.seal_into(body, &mut self.bytes);
+        let len = |n: usize| u32::try_from(n).expect("blobs are below 4 GiB");
+        self.entries.push(HeaderEntry {
+            kind: blob.0,
+            id: blob.1,
+            stored_len: len(self.bytes.len() - at),
+            raw_len: len(raw_len),
+            compressed,
+        });
+    }
+
+    /// Compresses (when it helps), seals and appends a plaintext blob.
+    pub fn add_plain(&mut self, kind: BlobKind, id: Id, plain: &[u8], level: i32, crypto: &Crypto) {
+        let mut z = Vec::new();
+        let compressed = compress::compress_into(plain, level, &mut z);
+        let body = if compressed { &z[..] } else { plain };
+        self.seal((kind, id), plain.len(), compressed, body, crypto);
     }
 
     /// Whether the pack reached its target size.
@@ -227,7 +232,7 @@ impl Packer {
         self.bytes.extend_from_slice(&tail);
         FinishedPack {
             id: Id::hash(&self.bytes),
-            bytes: self.bytes,
+            bytes: Bytes::from(self.bytes),
             entries: self.entries,
         }
     }
@@ -256,10 +261,10 @@ mod tests {
                 BlobKind::Data
             };
             let id = crypto.chunk_id(&data);
-            p.add_plain(kind, id, data, 3, crypto);
+            p.add_plain(kind, id, &data, 3, crypto);
             ids.push(id);
         }
-        (p.finish(crypto).bytes, ids)
+        (p.finish(crypto).bytes.to_vec(), ids)
     }
 
     #[test]

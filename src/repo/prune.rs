@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::repo::index::{IndexFile, IndexPack};
 use crate::repo::pack::Packer;
-use crate::repo::pack::SealedBlob;
 use crate::repo::{Id, Index, Repo, id_from_path, pack};
 
 /// Prune options.
@@ -333,7 +332,7 @@ fn repack(
     let mut written = Vec::new();
     let mut copied = HashSet::new();
     let flush = |packer: Packer, written: &mut Vec<IndexPack>| -> Result<()> {
-        written.push(repo.store_pack(packer.finish(crypto))?);
+        written.push(repo.store_pack(&packer.finish(crypto))?);
         Ok(())
     };
     for pack_id in packs {
@@ -354,10 +353,7 @@ fn repack(
             })?;
             // Check before copying: never spread a corrupt blob.
             pack::open_blob(stored, &b.entry, crypto)?;
-            packer.add(SealedBlob {
-                entry: b.entry.clone(),
-                bytes: stored.to_vec(),
-            });
+            packer.add(b.entry.clone(), stored);
             if packer.is_full() {
                 flush(packer.take(), &mut written)?;
             }

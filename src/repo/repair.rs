@@ -17,7 +17,6 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::repo::index::{IndexBlob, IndexPack};
 use crate::repo::pack::Packer;
-use crate::repo::pack::SealedBlob;
 use crate::repo::{Id, Repo, id_from_path, pack};
 
 /// What repair found and did.
@@ -95,13 +94,10 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
                 if dry_run {
                     continue;
                 }
-                salvage.add(SealedBlob {
-                    entry: b.entry,
-                    bytes: stored.to_vec(),
-                });
+                salvage.add(b.entry, stored);
                 // Stored as they fill (unindexed until the new index): memory stays bounded.
                 if salvage.is_full() {
-                    packs.push(repo.store_pack(salvage.take().finish(crypto))?);
+                    packs.push(repo.store_pack(&salvage.take().finish(crypto))?);
                 }
             }
         }
@@ -112,7 +108,7 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
         return Ok(report);
     }
     if !salvage.is_empty() {
-        packs.push(repo.store_pack(salvage.finish(crypto))?);
+        packs.push(repo.store_pack(&salvage.finish(crypto))?);
     }
     lock.check()?;
     let new_index = repo.save_index(packs)?;

@@ -225,10 +225,11 @@ pub fn restore(
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
+                let mut opener = pack::Opener::default();
                 while !crate::interrupt::cancelled() {
                     let next = work.lock().expect("work lock").pop();
                     let Some((pack_no, blobs)) = next else { break };
-                    restore_pack(&cx, pack_no, blobs);
+                    restore_pack(&cx, pack_no, blobs, &mut opener);
                 }
             });
         }
@@ -243,7 +244,7 @@ pub fn restore(
     cx.bytes.into_inner()
 }
 
-fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
+fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>, opener: &mut pack::Opener) {
     let ContentCx {
         repo,
         index,
@@ -256,7 +257,8 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
     let (pack_id, _) = index.pack(pack_no);
     let path = pack::path(&pack_id);
     blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
-    // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
+    // Coalesce nearby blobs into range reads of at most 2 MiB (memory: threads × 2 MiB;
+    // OpenDAL reads a local file 2 MiB at a time, so a longer range would be copied).
     let mut i = 0;
     while i < blobs.len() && !crate::interrupt::cancelled() {
         let start = u64::from(blobs[i].0.offset);
@@ -267,7 +269,7 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
                 u64::from(blobs[j].0.offset),
                 u64::from(blobs[j].0.stored_len),
             );
-            if o > end + (1 << 20) || o + l - start > 8 << 20 {
+            if o > end + (1 << 20) || o + l - start > 2 << 20 {
                 break;
             }
             end = end.max(o + l);
@@ -293,12 +295,21 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
                         m += 1;
                     }
                     let lo = (u64::from(e.offset) - start) as usize;
-                    let plain = pack::open_blob(
+                    let reread;
+                    let plain = match opener.open(
                         &data[lo..lo + e.stored_len as usize],
                         &e.header(),
                         repo.crypto(),
-                    )
-                    .or_else(|err| reread_blob(repo, &path, &e).map_err(|_| err));
+                    ) {
+                        Ok(p) => Ok(p),
+                        Err(err) => match reread_blob(repo, &path, &e) {
+                            Ok(p) => {
+                                reread = p;
+                                Ok(&reread[..])
+                            }
+                            Err(_) => Err(err),
+                        },
+                    };
                     for (_, fi, off) in &group[k..m] {
                         let f = &files[*fi];
                         match &plain {

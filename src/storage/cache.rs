@@ -139,6 +139,17 @@ impl Backend for MetaCache {
         })
     }
 
+    fn read_pieces<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        if self.get(path).is_some() {
+            return Box::pin(async move { Ok(vec![self.read_range(path, range).await?]) });
+        }
+        self.inner.read_pieces(path, range)
+    }
+
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.exists(path)
     }

@@ -60,6 +60,14 @@ impl Backend for DryRun {
         self.inner.read(path)
     }
 
+    fn read_pieces<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        self.inner.read_pieces(path, range)
+    }
+
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.exists(path)
     }

@@ -122,6 +122,25 @@ impl Backend for Retry {
         Box::pin(self.policy.run(path, move || self.inner.delete(path)))
     }
 
+    fn read_pieces<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(self.policy.run(path, move || {
+            let range = range.clone();
+            Box::pin(async move {
+                let want = range.end.saturating_sub(range.start);
+                let pieces = self.inner.read_pieces(path, range).await?;
+                let got: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+                if got != want {
+                    return Err(super::short_read(path, got, want));
+                }
+                Ok(pieces)
+            })
+        }))
+    }
+
     /// The whole read (stat, read, length check) is retried as one: a short read may mean
     /// the object was replaced in between.
     fn read<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Bytes>> {

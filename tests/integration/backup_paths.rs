@@ -517,7 +517,7 @@ fn verify_reports_unsafe_and_duplicate_entry_names() {
     ] {
         let bytes = Tree { nodes }.encode();
         let id = crypto.chunk_id(&bytes);
-        packer.add_plain(BlobKind::Tree, id, bytes, 0, &crypto);
+        packer.add_plain(BlobKind::Tree, id, &bytes, 0, &crypto);
         roots.push(id);
     }
     let p = packer.finish(&crypto);

@@ -70,10 +70,10 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
     let crypto = Crypto::None;
     let mut packer = Packer::new(1 << 20);
     let data_id = crypto.chunk_id(data);
-    packer.add_plain(BlobKind::Data, data_id, data.to_vec(), 0, &crypto);
+    packer.add_plain(BlobKind::Data, data_id, data, 0, &crypto);
     let ids: Vec<Id> = trees.iter().map(tree_id).collect();
     for t in &trees {
-        packer.add_plain(BlobKind::Tree, tree_id(t), t.encode(), 0, &crypto);
+        packer.add_plain(BlobKind::Tree, tree_id(t), &t.encode(), 0, &crypto);
     }
     let p = packer.finish(&crypto);
     let located = pack::parse(&p.bytes, &crypto).unwrap();

@@ -450,9 +450,9 @@ fn fuzz_seed_corpus_from_a_real_repository_decodes() {
                 seeds.push(("tree", plain.clone()));
                 seeds.push(("crypto", keyed.seal(plain.clone())));
             }
-            packer.add_plain(b.entry.kind, keyed.chunk_id(&plain), plain, 3, &keyed);
+            packer.add_plain(b.entry.kind, keyed.chunk_id(&plain), &plain, 3, &keyed);
         }
-        seeds.push(("pack", packer.finish(&keyed).bytes));
+        seeds.push(("pack", packer.finish(&keyed).bytes.to_vec()));
         seeds.push(("pack", bytes));
     }
     let cheap = KdfParams {

@@ -269,13 +269,13 @@ pub fn write_verified_detects_a_bad_write(c: &Ctx) {
     let id = Id::hash(&data);
     // One bad write: detected by the read-back and written again.
     let once = storage(1);
-    once.write_verified(&format!("wv/{id}"), data.clone(), &id)
+    once.write_verified(&format!("wv/{id}"), data.clone().into(), &id)
         .unwrap();
     assert_eq!(once.read_verified(&format!("wv/{id}"), &id).unwrap(), data);
     // Always bad: an error saying so, never success.
     let always = storage(usize::MAX);
     let e = always
-        .write_verified(&format!("wv2/{id}"), data, &id)
+        .write_verified(&format!("wv2/{id}"), data.into(), &id)
         .unwrap_err();
     assert!(
         e.to_string().contains("does not match what was written"),
@@ -288,7 +288,9 @@ pub fn large_object(c: &Ctx) {
     let data = noise(21, 24 << 20);
     let id = Id::hash(&data);
     let path = format!("big/{id}");
-    c.storage.write_verified(&path, data.clone(), &id).unwrap();
+    c.storage
+        .write_verified(&path, data.clone().into(), &id)
+        .unwrap();
     assert_eq!(c.storage.size(&path).unwrap(), data.len() as u64);
     assert_eq!(c.storage.read_verified(&path, &id).unwrap(), data);
     if !corrupts(c) {
