@@ -7,6 +7,7 @@
 //! the operation still runs and returns its result (one warning names the catalog problem).
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
+use crate::cancel::Cancel;
 use crate::catalog::{Recorder, RepoKey, RunEnd, blocking::Catalog};
 use crate::error::Result;
 use crate::progress::Progress;
@@ -156,13 +157,14 @@ pub fn verify(
     repo: &Repo,
     read: ReadData,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let key = RepoKey::of(repo);
     catalog.with(|c| c.touch_repo(&key));
     // Without a catalog a subset check has no history: every pack counts as never verified.
     let last = catalog.with(|c| c.last_verified(&key)).unwrap_or_default();
-    let op = || verify::run(repo, read, &last, retry_lock, progress);
+    let op = || verify::run(repo, read, &last, retry_lock, cancel, progress);
     recorded(catalog, "verify", repo, None, true, op, |r| {
         let now = chrono::Utc::now();
         catalog.with(|c| {
@@ -199,9 +201,11 @@ pub fn forget<Z: chrono::TimeZone>(
     tz: &Z,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::forget::ForgetReport> {
     let key = RepoKey::of(repo);
-    let op = || crate::forget::run(repo, sel, tz, chrono::Utc::now(), dry_run, retry_lock);
+    let now = chrono::Utc::now();
+    let op = || crate::forget::run(repo, sel, tz, now, dry_run, retry_lock, cancel);
     recorded(catalog, "forget", repo, None, !dry_run, op, |rep| {
         let removed = rep.removed();
         catalog.with(|c| c.delete_snapshots(&key, &removed));
@@ -241,9 +245,10 @@ pub fn repair(
     repo: &Repo,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::repo::repair::RepairReport> {
     let key = RepoKey::of(repo);
-    let op = || crate::repo::repair::run(repo, dry_run, retry_lock);
+    let op = || crate::repo::repair::run(repo, dry_run, retry_lock, cancel);
     recorded(catalog, "repair", repo, None, !dry_run, op, |r| {
         let now = chrono::Utc::now();
         catalog.with(|c| {
@@ -268,8 +273,9 @@ pub fn repair_snapshots(
     repo: &Repo,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::repo::repair::SnapshotRepairReport> {
-    let op = || crate::repo::repair::snapshots(repo, dry_run, retry_lock);
+    let op = || crate::repo::repair::snapshots(repo, dry_run, retry_lock, cancel);
     recorded(catalog, "repair", repo, None, !dry_run, op, |r| RunEnd {
         status: "success",
         warnings: r.set_aside.len() as u64,

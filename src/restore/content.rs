@@ -112,7 +112,7 @@ impl FileTask {
     /// Called once all chunks are written (or the file failed): the length (a trailing
     /// hole), metadata, then the final name. An interrupted restore completes nothing more.
     fn complete(&self, temps: &Temps, warnings: &Mutex<Vec<String>>) {
-        if crate::interrupt::cancelled() || self.done.swap(true, Ordering::SeqCst) {
+        if temps.cancelled() || self.done.swap(true, Ordering::SeqCst) {
             return;
         }
         if !self.is_failed()
@@ -225,7 +225,7 @@ pub fn restore(
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                while !crate::interrupt::cancelled() {
+                while !temps.cancelled() {
                     let next = work.lock().expect("work lock").pop();
                     let Some((pack_no, blobs)) = next else { break };
                     restore_pack(&cx, pack_no, blobs);
@@ -258,7 +258,7 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>) {
     blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
     // Coalesce nearby blobs into range reads of at most 8 MiB (memory: threads × 8 MiB).
     let mut i = 0;
-    while i < blobs.len() && !crate::interrupt::cancelled() {
+    while i < blobs.len() && !temps.cancelled() {
         let start = u64::from(blobs[i].0.offset);
         let mut end = start + u64::from(blobs[i].0.stored_len);
         let mut j = i + 1;

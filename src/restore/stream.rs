@@ -104,14 +104,15 @@ fn copy(
     progress: &dyn Progress,
 ) -> Result<()> {
     let shown = show(&item.rel);
-    let mut reader =
-        plan.repo
-            .content_reader(plan.index.clone(), item.node.content.clone(), plan.threads);
+    let mut reader = plan.repo.content_reader(
+        plan.index.clone(),
+        item.node.content.clone(),
+        plan.threads,
+        plan.cancel,
+    );
     let mut n = 0u64;
     loop {
-        if crate::interrupt::cancelled() {
-            return Err(super::interrupted());
-        }
+        super::check(plan.cancel)?;
         let buf = reader.fill().map_err(|e| e.context(&shown))?;
         if buf.is_empty() {
             break;
@@ -238,21 +239,22 @@ fn literal_glob(path: &str) -> String {
 }
 
 /// Writes the file `path` of snapshot `snap` (whose id is `id`) to `dest`, in order:
-/// `backstop dump`. `path` is absolute as backed up or relative to the snapshot root.
+/// `backstop dump`. `path` is absolute as backed up or relative to the snapshot root;
+/// `opts` gives the lock wait, the readers and the cancellation token (its target and
+/// includes are not used).
 pub fn dump(
     repo: &Repo,
     id: Id,
     snap: &Snapshot,
     path: &str,
     dest: &mut Stream<'_>,
-    retry_lock: std::time::Duration,
+    opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let opts = RestoreOptions {
         target: PathBuf::new(),
         includes: vec![literal_glob(path)],
-        retry_lock,
-        ..Default::default()
+        ..opts.clone()
     };
     let o = run_to(repo, id, snap, &opts, dest, progress)?;
     if !o.unmatched_includes.is_empty() {
