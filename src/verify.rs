@@ -156,6 +156,8 @@ pub fn run(
     progress.phase("verify", Some(packs.iter().map(|p| p.1).sum()));
     let results = Mutex::new(Vec::new());
     let work = Mutex::new(packs);
+    // Checkers log in the job's span (its kind and run id).
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         for _ in 0..std::thread::available_parallelism()
             .map(|n| n.get())
@@ -163,6 +165,7 @@ pub fn run(
             .max(2)
         {
             s.spawn(|| {
+                let _e = span.enter();
                 while !cancel.is_cancelled() {
                     let next = work.lock().expect("lock").pop();
                     let Some((id, size)) = next else { break };

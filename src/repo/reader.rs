@@ -117,11 +117,14 @@ impl ContentReader {
         let threads = if threads == 0 { 4 } else { threads };
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let stopped = Arc::new(AtomicBool::new(false));
+        // Fetch threads log in the reader's span (the job's kind and run id).
+        let span = tracing::Span::current();
         let workers = (0..threads)
             .map(|_| {
                 let (repo, index, rx) = (repo.clone(), index.clone(), rx.clone());
-                let (stopped, cancel) = (stopped.clone(), cancel.clone());
+                let (stopped, cancel, span) = (stopped.clone(), cancel.clone(), span.clone());
                 std::thread::spawn(move || {
+                    let _e = span.enter();
                     for job in rx {
                         if stopped.load(Ordering::Relaxed) {
                             continue;

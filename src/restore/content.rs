@@ -222,9 +222,11 @@ pub fn restore(
         progress,
     };
     let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
+                let _e = span.enter();
                 while !temps.cancelled() {
                     let next = work.lock().expect("work lock").pop();
                     let Some((pack_no, blobs)) = next else { break };
