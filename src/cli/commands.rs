@@ -740,7 +740,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let mut warnings = 0;
     for (name, repo) in &targets {
         let p = ctx.progress();
-        let o = jobs::backup(&cat, repo, &opts, p.as_ref())
+        // A policy's target is recorded by name; the one --repo has none.
+        let target = args.policy.is_some().then_some(name.as_str());
+        let o = jobs::backup(&cat, repo, target, &opts, p.as_ref())
             .map_err(|e| e.context(format!("backup to {name}")))?;
         let s = &o.snapshot.summary;
         warnings += o.warnings.len();
@@ -1024,7 +1026,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     });
     // A signal stops the demo's backup and restore at their next step, locks released.
     let _cooperation = backstop::interrupt::cooperate();
-    let b = jobs::backup(&cat, &repo, &opts, &NoProgress)?;
+    let b = jobs::backup(&cat, &repo, Some(name), &opts, &NoProgress)?;
     let s = &b.snapshot.summary;
     outln!(
         "2. backed up {} files ({}) as snapshot {} ({}), {} new, {} stored",
