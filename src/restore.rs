@@ -31,6 +31,7 @@ mod directory;
 mod entry;
 pub mod select;
 mod stream;
+mod tar;
 mod walk;
 
 use std::path::{Path, PathBuf};
