@@ -200,10 +200,12 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Write one file of a snapshot to standard output, in order (like restic's dump).
+    /// Write one file of a snapshot to standard output, in order, or a directory as a tar
+    /// stream (like restic's dump).
     ///
     /// Packs are fetched in parallel ahead of the output and every chunk is checked before
-    /// it is written; memory stays bounded whatever the file's size. A directory is refused.
+    /// it is written; memory stays bounded whatever the file's size. A directory's tar names
+    /// its entries from the directory itself (`dump latest /etc | tar -x` makes `etc/`).
     Dump {
         #[command(flatten)]
         repo: RepoArgs,
@@ -211,8 +213,9 @@ pub enum Command {
         latest: LatestArgs,
         /// Snapshot id (or unique prefix), or "latest".
         snapshot: String,
-        /// The file inside the snapshot: absolute as backed up (/etc/hosts), or relative to
-        /// the snapshot root (for a --stdin-from-command backup: its --stdin-filename).
+        /// The file or directory inside the snapshot: absolute as backed up (/etc/hosts),
+        /// or relative to the snapshot root (for a --stdin-from-command backup: its
+        /// --stdin-filename); / is the whole snapshot.
         path: String,
     },
     /// Check the repository's structure, and optionally re-read its data.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::policy::retention::{self, Candidate, KeepRules};
 use crate::repo::{DamagedSnapshot, Id, Repo, Snapshot};
@@ -57,6 +58,7 @@ pub enum Selection<'a> {
 
 /// Decides, and unless `dry_run` removes, the snapshots `sel` selects. The decisions
 /// printed by a dry run are exactly those a real run applies (same function, same input).
+/// Once `cancel` is cancelled no further manifest is removed (each removal stands alone).
 pub fn run<Z: TimeZone>(
     repo: &Repo,
     sel: Selection,
@@ -64,6 +66,7 @@ pub fn run<Z: TimeZone>(
     now: DateTime<Utc>,
     dry_run: bool,
     retry_lock: Duration,
+    cancel: &Cancel,
 ) -> Result<ForgetReport> {
     let _lock = if dry_run {
         None
@@ -75,6 +78,7 @@ pub fn run<Z: TimeZone>(
             retry_lock,
         )?)
     };
+    cancel.check()?;
     let list = repo.snapshots()?;
     let skipped = list.damaged.clone();
     let snaps = list.snapshots;
@@ -114,6 +118,7 @@ pub fn run<Z: TimeZone>(
     };
     for ((id, snapshot), decision) in snaps.into_iter().zip(decisions) {
         if !decision.keep && !dry_run {
+            cancel.check()?;
             repo.storage().delete(&format!("snapshots/{id}"))?;
         }
         // Forgetting by id lists only what was named.

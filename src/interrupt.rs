@@ -1,9 +1,10 @@
-//! SIGINT and SIGTERM: a cancelled flag that long operations poll, and cleanups (lock
-//! objects, temporary files) that run before the process exits on a signal.
+//! SIGINT and SIGTERM: the process's cancellation token ([`token`]), which the CLI hands to
+//! the engines, and cleanups (lock objects, temporary files) that run before the process
+//! exits on a signal.
 //!
-//! The signal handler only sets the flag and writes the signal number to a pipe (both
-//! async-signal-safe); a thread reading the pipe does the rest:
-//! - while an operation that polls the flag is running ([`cooperate`]), the first signal
+//! The signal handler only sets a flag and writes the signal number to a pipe (both
+//! async-signal-safe); a thread reading the pipe cancels the token and does the rest:
+//! - while an operation that checks the token is running ([`cooperate`]), the first signal
 //!   lets it stop at its next step, remove what it half-wrote and release its lock itself;
 //!   a second signal, or [`GRACE`] without it finishing, stops the process at once;
 //! - otherwise the process stops at once.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 /// Exit status of a process stopped by SIGINT or SIGTERM (the shell's 128 + SIGINT).
 pub const EXIT_CODE: i32 = 130;
 
-/// How long an operation that polls the flag gets to stop on its own.
+/// How long an operation that checks the token gets to stop on its own.
 pub const GRACE: Duration = Duration::from_secs(20);
 
 static CANCELLED: AtomicBool = AtomicBool::new(false);
@@ -32,7 +33,8 @@ type Cleanup = Box<dyn Fn() + Send>;
 static CLEANUPS: Mutex<Vec<(u64, Cleanup)>> = Mutex::new(Vec::new());
 static INSTALL: Once = Once::new();
 
-/// Whether SIGINT or SIGTERM arrived: an operation polling this stops at its next step.
+/// Whether SIGINT or SIGTERM arrived. Engines do not ask this: they check the
+/// [`Cancel`](crate::cancel::Cancel) token they were given ([`token`], or a child of it).
 pub fn cancelled() -> bool {
     CANCELLED.load(Ordering::SeqCst)
 }
@@ -75,10 +77,11 @@ impl Drop for OnExit {
     }
 }
 
-/// While held, a signal lets the holder stop on its own (it polls [`cancelled`]).
+/// While held, a signal lets the holder stop on its own (it checks [`token`]).
 pub struct Cooperation(());
 
-/// Declares that the caller polls [`cancelled`] and cleans up after itself.
+/// Declares that the caller runs an operation checking [`token`], which cleans up after
+/// itself once cancelled.
 pub fn cooperate() -> Cooperation {
     COOPERATING.fetch_add(1, Ordering::SeqCst);
     Cooperation(())

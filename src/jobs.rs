@@ -7,31 +7,46 @@
 //! the operation still runs and returns its result (one warning names the catalog problem).
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
-use crate::catalog::{Recorder, RepoKey, RunEnd, blocking::Catalog};
+use crate::cancel::Cancel;
+use crate::catalog::{NewRun, Recorder, RepoKey, RunEnd, blocking::Catalog};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::restore::{self, RestoreOptions, RestoreOutcome};
 use crate::verify::{self, ReadData, VerifyReport};
 
-/// Runs `op` as a job of `kind`: a run row is opened first (unless `record` is false, for
-/// dry runs) and closed with what `end` makes of the outcome, or as failed with the error.
-/// `end` records what the outcome adds (snapshot rows, coverage) through the same recorder.
+/// A manual run of `kind` for no policy.
+fn job(kind: &str) -> NewRun<'_> {
+    NewRun {
+        kind,
+        ..NewRun::default()
+    }
+}
+
+/// Runs `op` as the job `new` says (its kind, policy and target; the repository is `repo`):
+/// a run row is opened first (unless `record` is false, for dry runs) and closed with what
+/// `end` makes of the outcome, or as failed with the error. `end` records what the outcome
+/// adds (snapshot rows, coverage) through the same recorder.
 fn recorded<T>(
     catalog: &Recorder,
-    kind: &str,
     repo: &Repo,
-    policy: Option<&str>,
+    new: NewRun<'_>,
     record: bool,
     op: impl FnOnce() -> Result<T>,
     end: impl FnOnce(&T) -> RunEnd,
 ) -> Result<T> {
+    let kind = new.kind;
     if !record {
         let _span = tracing::info_span!("job", kind, run = "unrecorded").entered();
         return op();
     }
     let key = RepoKey::of(repo);
-    let run = catalog.with(|c| c.start_run(kind, Some(&key), policy));
+    let new = NewRun {
+        repo: Some(&key),
+        ..new
+    };
+    // A manual run (no schedule slot) is always claimed.
+    let run = catalog.with(|c| c.claim_run(&new)).flatten();
     // Everything the job logs carries its kind and run id (the catalog's, when recorded).
     let span = match run {
         Some(id) => tracing::info_span!("job", kind, run = id.0),
@@ -52,10 +67,12 @@ fn recorded<T>(
     res
 }
 
-/// Backs up and records the run and the snapshot.
+/// Backs up and records the run (with `target`, the policy's name for `repo`, if it runs
+/// for a policy) and the snapshot.
 pub fn backup(
     catalog: &Recorder,
     repo: &Repo,
+    target: Option<&str>,
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
@@ -65,11 +82,15 @@ pub fn backup(
     opts.damaged_packs
         .extend(catalog.with(|c| c.damaged_packs(&key)).unwrap_or_default());
     let policy = opts.policy.clone();
+    let new = NewRun {
+        policy: policy.as_deref(),
+        target,
+        ..job("backup")
+    };
     recorded(
         catalog,
-        "backup",
         repo,
-        policy.as_deref(),
+        new,
         true,
         || backup::run(repo, &opts, progress),
         |o| {
@@ -121,33 +142,29 @@ pub fn restore(
         }
         Ok(o)
     };
-    recorded(
-        catalog,
-        "restore",
-        repo,
-        snap.policy.as_deref(),
-        !opts.dry_run,
-        op,
-        |o| RunEnd {
-            status: if o.is_complete() {
-                "success"
-            } else {
-                "partial"
-            },
-            files: o.files,
-            bytes_read: o.bytes,
-            warnings: o.warnings.len() as u64,
-            error: (!o.is_complete()).then(|| {
-                format!(
-                    "{} entries failed, {} include pattern(s) matched nothing",
-                    o.failed.len(),
-                    o.unmatched_includes.len()
-                )
-            }),
-            snapshot: Some(sid),
-            ..Default::default()
+    let new = NewRun {
+        policy: snap.policy.as_deref(),
+        ..job("restore")
+    };
+    recorded(catalog, repo, new, !opts.dry_run, op, |o| RunEnd {
+        status: if o.is_complete() {
+            "success"
+        } else {
+            "partial"
         },
-    )
+        files: o.files,
+        bytes_read: o.bytes,
+        warnings: o.warnings.len() as u64,
+        error: (!o.is_complete()).then(|| {
+            format!(
+                "{} entries failed, {} include pattern(s) matched nothing",
+                o.failed.len(),
+                o.unmatched_includes.len()
+            )
+        }),
+        snapshot: Some(sid),
+        ..Default::default()
+    })
 }
 
 /// Verifies and records the run and each pack's result.
@@ -156,14 +173,15 @@ pub fn verify(
     repo: &Repo,
     read: ReadData,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let key = RepoKey::of(repo);
     catalog.with(|c| c.touch_repo(&key));
     // Without a catalog a subset check has no history: every pack counts as never verified.
     let last = catalog.with(|c| c.last_verified(&key)).unwrap_or_default();
-    let op = || verify::run(repo, read, &last, retry_lock, progress);
-    recorded(catalog, "verify", repo, None, true, op, |r| {
+    let op = || verify::run(repo, read, &last, retry_lock, cancel, progress);
+    recorded(catalog, repo, job("verify"), true, op, |r| {
         let now = chrono::Utc::now();
         catalog.with(|c| {
             for p in &r.checked {
@@ -199,10 +217,12 @@ pub fn forget<Z: chrono::TimeZone>(
     tz: &Z,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::forget::ForgetReport> {
     let key = RepoKey::of(repo);
-    let op = || crate::forget::run(repo, sel, tz, chrono::Utc::now(), dry_run, retry_lock);
-    recorded(catalog, "forget", repo, None, !dry_run, op, |rep| {
+    let now = chrono::Utc::now();
+    let op = || crate::forget::run(repo, sel, tz, now, dry_run, retry_lock, cancel);
+    recorded(catalog, repo, job("forget"), !dry_run, op, |rep| {
         let removed = rep.removed();
         catalog.with(|c| c.delete_snapshots(&key, &removed));
         RunEnd {
@@ -225,12 +245,10 @@ pub fn prune(
     opts: &crate::repo::prune::PruneOptions,
 ) -> Result<crate::repo::prune::PruneReport> {
     let op = || crate::repo::prune::run(repo, opts, chrono::Utc::now());
-    recorded(catalog, "prune", repo, None, !opts.dry_run, op, |r| {
-        RunEnd {
-            status: "success",
-            bytes_stored: r.freed_bytes,
-            ..Default::default()
-        }
+    recorded(catalog, repo, job("prune"), !opts.dry_run, op, |r| RunEnd {
+        status: "success",
+        bytes_stored: r.freed_bytes,
+        ..Default::default()
     })
 }
 
@@ -241,10 +259,11 @@ pub fn repair(
     repo: &Repo,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::repo::repair::RepairReport> {
     let key = RepoKey::of(repo);
-    let op = || crate::repo::repair::run(repo, dry_run, retry_lock);
-    recorded(catalog, "repair", repo, None, !dry_run, op, |r| {
+    let op = || crate::repo::repair::run(repo, dry_run, retry_lock, cancel);
+    recorded(catalog, repo, job("repair"), !dry_run, op, |r| {
         let now = chrono::Utc::now();
         catalog.with(|c| {
             for id in &r.damaged {
@@ -268,9 +287,10 @@ pub fn repair_snapshots(
     repo: &Repo,
     dry_run: bool,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
 ) -> Result<crate::repo::repair::SnapshotRepairReport> {
-    let op = || crate::repo::repair::snapshots(repo, dry_run, retry_lock);
-    recorded(catalog, "repair", repo, None, !dry_run, op, |r| RunEnd {
+    let op = || crate::repo::repair::snapshots(repo, dry_run, retry_lock, cancel);
+    recorded(catalog, repo, job("repair"), !dry_run, op, |r| RunEnd {
         status: "success",
         warnings: r.set_aside.len() as u64,
         ..Default::default()

@@ -31,6 +31,7 @@ mod directory;
 mod entry;
 pub mod select;
 mod stream;
+mod tar;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub fn apply_root_metadata(target: &Path, root: &Node, warnings: &mut Vec<String
 pub use select::{Includes, Layout};
 pub use walk::{Item, Walk};
 
+use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::repo::{Id, Index, Node, NodeKind, Repo, Snapshot};
@@ -71,6 +73,8 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// How long to wait for a conflicting lock to go away.
     pub retry_lock: std::time::Duration,
+    /// Stops the restore (its temporary files removed) once cancelled.
+    pub cancel: Cancel,
 }
 
 /// The snapshot a restore used.
@@ -166,15 +170,18 @@ pub fn target_is_nonempty(target: &Path) -> bool {
     std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some())
 }
 
-pub(crate) fn interrupted() -> Error {
-    Error::new(
-        ErrorKind::Interrupted,
-        format!(
-            "restore interrupted by {}: partly written files were removed; every file under \
-             its final name is complete",
-            crate::interrupt::signal_name()
-        ),
-    )
+/// Ok while `cancel` is not cancelled; then the restore's [`ErrorKind::Interrupted`] error.
+pub(crate) fn check(cancel: &Cancel) -> Result<()> {
+    cancel.check().map_err(|_| {
+        Error::new(
+            ErrorKind::Interrupted,
+            format!(
+                "restore interrupted by {}: partly written files were removed; every file \
+                 under its final name is complete",
+                cancel.reason()
+            ),
+        )
+    })
 }
 
 fn kind_name(k: NodeKind) -> String {
@@ -220,6 +227,8 @@ pub struct Plan<'a> {
     pub includes: Option<&'a Includes>,
     /// Parallel pack readers.
     pub threads: usize,
+    /// The restore's cancellation token.
+    pub cancel: &'a Cancel,
     /// What the selection holds: files, directories, other entries, bytes of content.
     pub counts: (u64, u64, u64, u64),
 }
@@ -252,7 +261,6 @@ pub fn run_to(
     dest: &mut dyn Destination,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
-    let _cooperation = crate::interrupt::cooperate();
     let _lock = if opts.dry_run {
         None
     } else {
@@ -277,9 +285,7 @@ pub fn run_to(
     };
     let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
     while let Some(item) = walk.next_item()? {
-        if crate::interrupt::cancelled() {
-            return Err(interrupted());
-        }
+        check(&opts.cancel)?;
         match item.node.kind {
             NodeKind::File => {
                 planned.files += 1;
@@ -319,6 +325,7 @@ pub fn run_to(
         tree: snap.tree,
         includes: includes.as_ref(),
         threads: if opts.threads == 0 { 4 } else { opts.threads },
+        cancel: &opts.cancel,
         counts: (planned.files, planned.dirs, planned.others, planned.bytes),
     };
     let mut out = RestoreOutcome {
@@ -328,9 +335,7 @@ pub fn run_to(
         ..Default::default()
     };
     dest.write(&plan, &mut out, progress)?;
-    if crate::interrupt::cancelled() {
-        return Err(interrupted());
-    }
+    check(&opts.cancel)?;
     out.failed
         .extend(walk_failed.iter().map(|(p, r)| (named(p), r.clone())));
     progress.finish();

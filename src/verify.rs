@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::pack;
@@ -77,14 +78,17 @@ impl VerifyReport {
 }
 
 /// Verifies `repo`; `last_verified` orders packs for a subset check (never verified first).
+/// Stops between packs and between snapshots once `cancel` is cancelled.
 pub fn run(
     repo: &Repo,
     read: ReadData,
     last_verified: &HashMap<Id, String>,
     retry_lock: std::time::Duration,
+    cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let _lock = crate::repo::lock::acquire(repo.storage(), false, "verify", retry_lock)?;
+    cancel.check()?;
     let index = repo.load_index()?;
     let roots = repo.roots()?;
     let mut report = VerifyReport {
@@ -152,6 +156,8 @@ pub fn run(
     progress.phase("verify", Some(packs.iter().map(|p| p.1).sum()));
     let results = Mutex::new(Vec::new());
     let work = Mutex::new(packs);
+    // Checkers log in the job's span (its kind and run id).
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         for _ in 0..std::thread::available_parallelism()
             .map(|n| n.get())
@@ -159,7 +165,8 @@ pub fn run(
             .max(2)
         {
             s.spawn(|| {
-                loop {
+                let _e = span.enter();
+                while !cancel.is_cancelled() {
                     let next = work.lock().expect("lock").pop();
                     let Some((id, size)) = next else { break };
                     let res = check_pack(repo, &index, &id);
@@ -169,6 +176,7 @@ pub fn run(
             });
         }
     });
+    cancel.check()?;
     for (id, size, res) in results.into_inner().expect("lock") {
         report.packs_read += 1;
         report.bytes_read += size;
@@ -194,6 +202,7 @@ pub fn run(
 
     // Structure: every root's trees and chunks must be indexed (and not known bad).
     for root in &roots.roots {
+        cancel.check()?;
         let sid = &root.id;
         let mut paths = Vec::new();
         let mut names = Vec::new();

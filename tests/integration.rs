@@ -4,6 +4,7 @@ mod integration {
     pub mod common;
 
     mod backup_paths;
+    mod cancel;
     mod catalog;
     mod cli;
     mod command;

@@ -267,15 +267,14 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             let mut dest = restore::Stream::new(&mut out, "standard output");
-            restore::dump(
-                &r,
-                sid,
-                &snap,
-                path,
-                &mut dest,
-                retry_lock(repo)?,
-                &NoProgress,
-            )?;
+            let opts = RestoreOptions {
+                retry_lock: retry_lock(repo)?,
+                cancel: backstop::interrupt::token(),
+                ..Default::default()
+            };
+            // A signal cancels the dump, which stops at its next read and releases its lock.
+            let _cooperation = backstop::interrupt::cooperate();
+            restore::dump(&r, sid, &snap, path, &mut dest, &opts, &NoProgress)?;
             Ok(())
         }
         Command::Restore {
@@ -296,8 +295,10 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 includes: include.clone(),
                 dry_run: *dry_run,
                 retry_lock: retry_lock(repo)?,
+                cancel: backstop::interrupt::token(),
                 ..Default::default()
             };
+            let _cooperation = backstop::interrupt::cooperate();
             let o = restore::run_to(&r, sid, &snap, &opts, &mut dest, &NoProgress)?;
             if json_out {
                 json(&o);
@@ -366,7 +367,11 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 overwrite,
                 threads: 0,
                 retry_lock: retry_lock(repo)?,
+                cancel: backstop::interrupt::token(),
             };
+            // A signal cancels the restore, which removes its temporary files and releases
+            // its lock.
+            let _cooperation = backstop::interrupt::cooperate();
             let p = ctx.progress();
             let o = jobs::restore(&cat, &r, &sid.to_hex(), &filter, &opts, p.as_ref())?;
             if json_out {
@@ -436,7 +441,8 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             let r = ctx.open_repo(repo)?;
             let cat = ctx.recorder(None);
             let p = ctx.progress();
-            let rep = jobs::verify(&cat, &r, read, retry_lock(repo)?, p.as_ref())?;
+            let token = backstop::interrupt::token();
+            let rep = jobs::verify(&cat, &r, read, retry_lock(repo)?, &token, p.as_ref())?;
             if json_out {
                 json(&rep);
             } else {
@@ -498,6 +504,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 dry_run: prune.dry_run,
                 grace: retention::parse_duration(&prune.grace)?,
                 retry_lock: retry_lock(repo)?,
+                cancel: backstop::interrupt::token(),
                 ..Default::default()
             };
             let rep = jobs::prune(&ctx.recorder(None), &r, &opts)?;
@@ -527,7 +534,13 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 return repair_snapshots(&ctx, repo, *dry_run);
             }
             let r = ctx.open_repo(repo)?;
-            let rep = jobs::repair(&ctx.recorder(None), &r, *dry_run, retry_lock(repo)?)?;
+            let rep = jobs::repair(
+                &ctx.recorder(None),
+                &r,
+                *dry_run,
+                retry_lock(repo)?,
+                &backstop::interrupt::token(),
+            )?;
             if json_out {
                 json(&rep);
             } else {
@@ -727,7 +740,9 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let mut warnings = 0;
     for (name, repo) in &targets {
         let p = ctx.progress();
-        let o = jobs::backup(&cat, repo, &opts, p.as_ref())
+        // A policy's target is recorded by name; the one --repo has none.
+        let target = args.policy.is_some().then_some(name.as_str());
+        let o = jobs::backup(&cat, repo, target, &opts, p.as_ref())
             .map_err(|e| e.context(format!("backup to {name}")))?;
         let s = &o.snapshot.summary;
         warnings += o.warnings.len();
@@ -1004,8 +1019,14 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         )?
     };
     let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
-    let opts = lp.backup_options(&BackupOptions::default());
-    let b = jobs::backup(&cat, &repo, &opts, &NoProgress)?;
+    let token = backstop::interrupt::token();
+    let opts = lp.backup_options(&BackupOptions {
+        cancel: token.clone(),
+        ..Default::default()
+    });
+    // A signal stops the demo's backup and restore at their next step, locks released.
+    let _cooperation = backstop::interrupt::cooperate();
+    let b = jobs::backup(&cat, &repo, Some(name), &opts, &NoProgress)?;
     let s = &b.snapshot.summary;
     outln!(
         "2. backed up {} files ({}) as snapshot {} ({}), {} new, {} stored",
@@ -1021,6 +1042,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
         &repo,
         ReadData::All,
         std::time::Duration::ZERO,
+        &token,
         &NoProgress,
     )?;
     outln!(
@@ -1038,6 +1060,7 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     }
     let ro = RestoreOptions {
         target: target_dir.clone(),
+        cancel: token,
         ..Default::default()
     };
     let o = jobs::restore(
@@ -1168,7 +1191,8 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
     let mut skipped = 0;
     let mut all_json = Vec::new();
     for (name, r) in &repos {
-        let rep = jobs::forget(&cat, r, sel, &tz, a.dry_run, retry_lock(a.repo)?)
+        let token = backstop::interrupt::token();
+        let rep = jobs::forget(&cat, r, sel, &tz, a.dry_run, retry_lock(a.repo)?, &token)
             .map_err(|e| e.context(format!("forget in {name}")))?;
         let removed = rep.removed().len();
         skipped += rep.skipped.len();
@@ -1210,6 +1234,7 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
             let opts = PruneOptions {
                 dry_run: a.dry_run,
                 retry_lock: retry_lock(a.repo)?,
+                cancel: token,
                 ..Default::default()
             };
             let rep = jobs::prune(&cat, r, &opts)?;
@@ -1252,7 +1277,13 @@ fn merged_repo_args(parent: &RepoArgs, child: &RepoArgs) -> RepoArgs {
 
 fn repair_snapshots(ctx: &Ctx, repo: &RepoArgs, dry_run: bool) -> Result<()> {
     let r = ctx.open_repo(repo)?;
-    let rep = jobs::repair_snapshots(&ctx.recorder(None), &r, dry_run, retry_lock(repo)?)?;
+    let rep = jobs::repair_snapshots(
+        &ctx.recorder(None),
+        &r,
+        dry_run,
+        retry_lock(repo)?,
+        &backstop::interrupt::token(),
+    )?;
     if ctx.cli.global.json {
         json(&rep);
         return Ok(());

@@ -188,11 +188,16 @@ pub fn run<T>(
         progress,
         cancel: settings.cancel.clone(),
     };
+    // Sealers log in the job's span (its kind and run id).
+    let span = tracing::Span::current();
     let result = std::thread::scope(|s| {
         let sealers: Vec<_> = (0..threads)
             .map(|_| {
-                let (rx, p) = (blob_rx.clone(), &packing);
-                s.spawn(move || p.seal(rx))
+                let (rx, p, span) = (blob_rx.clone(), &packing, &span);
+                s.spawn(move || {
+                    let _e = span.enter();
+                    p.seal(rx)
+                })
             })
             .collect();
         drop(blob_rx);

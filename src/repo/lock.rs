@@ -390,9 +390,11 @@ pub fn acquire(
     }
     let refresher = {
         let held = held.clone();
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("lock-refresh".into())
             .spawn(move || {
+                let _e = span.enter();
                 let mut last = Instant::now();
                 while !held.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));

@@ -23,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::repo::index::{IndexFile, IndexPack};
 use crate::repo::pack::Packer;
@@ -39,6 +40,8 @@ pub struct PruneOptions {
     pub repack_unused: f64,
     /// How long to wait for other locks.
     pub retry_lock: Duration,
+    /// Stops the prune between steps once cancelled (every step is idempotent).
+    pub cancel: Cancel,
 }
 
 impl Default for PruneOptions {
@@ -48,6 +51,7 @@ impl Default for PruneOptions {
             grace: chrono::Duration::hours(24),
             repack_unused: 0.3,
             retry_lock: Duration::ZERO,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -91,14 +95,14 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     let lock = if opts.dry_run {
         None
     } else {
-        Some(crate::repo::lock::acquire(
-            repo.storage(),
-            true,
-            "prune",
-            opts.retry_lock,
-        )?)
+        Some(
+            crate::repo::lock::acquire(repo.storage(), true, "prune", opts.retry_lock)?
+                .watching(&opts.cancel),
+        )
     };
     crate::failpoint::hit("prune-after-lock");
+    let cancel = &opts.cancel;
+    cancel.check()?;
     let st = repo.storage();
     let mut report = PruneReport::default();
 
@@ -133,6 +137,7 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     // What snapshots use. Any unreadable tree aborts: never delete when unsure.
     let used = used_blobs(repo, &index)?;
     report.used_blobs = used.len();
+    cancel.check()?;
 
     // Which packs hold each used blob.
     let mut holders: HashMap<Id, Vec<Id>> = HashMap::new();
@@ -179,6 +184,7 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     // Sweep: marks older than the grace period.
     let mut delete = Vec::new();
     for (pack, at) in marks.clone() {
+        cancel.check()?;
         let size = stored.get(&pack).copied().unwrap_or(0);
         if needed(&pack, &marks) || unindexed_needed(&pack, &marks)? {
             report.unmarked += 1;
@@ -220,7 +226,8 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
         }
     }
     if !to_repack.is_empty() && !opts.dry_run {
-        repack(repo, &to_repack, &indexed, &used, &marks)?;
+        cancel.check()?;
+        repack(repo, &to_repack, &indexed, &used, &marks, cancel)?;
         crate::failpoint::hit("prune-after-repack");
     }
     report.repacked = to_repack.len();
@@ -228,6 +235,7 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
         report.marked += 1;
         report.marked_bytes += stored[pack];
         if !opts.dry_run {
+            cancel.check()?;
             let mark = serde_json::to_vec(&Mark { marked_at: now }).expect("mark serializes");
             st.write(&mark_path(pack), mark)?;
             crate::failpoint::hit("prune-after-mark");
@@ -240,6 +248,7 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     // and goes at once, whatever its age. A process just taking its lock may have its
     // lock's temporary object removed: it then finds this prune's lock and backs off.
     for l in st.list("tmp/")? {
+        cancel.check()?;
         report.tmp_removed += 1;
         report.tmp_bytes += l.size;
         if !opts.dry_run {
@@ -257,6 +266,7 @@ pub fn run(repo: &Repo, opts: &PruneOptions, now: DateTime<Utc>) -> Result<Prune
     }
     // Every delete runs under a lock still ours: once it is lost, a backup may start and
     // dedup against an old index file that still lists a doomed pack.
+    // The guard watches the cancellation token: a cancelled prune stops here too.
     let still_locked = || lock.as_ref().map_or(Ok(()), |l| l.check());
     still_locked()?;
     // One new index without the doomed packs, then the old index files, then the packs.
@@ -311,13 +321,15 @@ pub fn used_blobs(repo: &Repo, index: &Index) -> Result<HashSet<Id>> {
 }
 
 /// Copies the used blobs of `packs` (those no other unmarked pack holds) into new packs,
-/// verified and indexed, so the old packs can be marked.
+/// verified and indexed, so the old packs can be marked. Cancelled part way, the packs
+/// written so far stay unindexed (the next prune marks them).
 fn repack(
     repo: &Repo,
     packs: &[Id],
     indexed: &HashMap<Id, IndexPack>,
     used: &HashSet<Id>,
     marks: &HashMap<Id, DateTime<Utc>>,
+    cancel: &Cancel,
 ) -> Result<()> {
     let st = repo.storage();
     let crypto = repo.crypto();
@@ -336,6 +348,7 @@ fn repack(
         Ok(())
     };
     for pack_id in packs {
+        cancel.check()?;
         let bytes = st.read(&pack::path(pack_id))?;
         if Id::hash(&bytes) != *pack_id {
             return Err(Error::corrupt(format!(

@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::index::Entry;
 use super::{Index, Piece, Repo, pack};
+use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Pack bytes one job reads at most (a chunk larger than this is a job of its own).
@@ -92,36 +93,44 @@ pub struct ContentReader {
 
 impl Repo {
     /// An ordered reader over the content `pieces` of a file, fetching with `threads`
-    /// parallel range reads (0: a default of 4).
+    /// parallel range reads (0: a default of 4); once `cancel` is cancelled, reading fails
+    /// with its [`ErrorKind::Interrupted`] error.
     pub fn content_reader(
         &self,
         index: Arc<Index>,
         pieces: Vec<Piece>,
         threads: usize,
+        cancel: &Cancel,
     ) -> ContentReader {
-        ContentReader::new(self.clone(), index, pieces, threads)
+        ContentReader::new(self.clone(), index, pieces, threads, cancel)
     }
 }
 
 impl ContentReader {
-    fn new(repo: Repo, index: Arc<Index>, pieces: Vec<Piece>, threads: usize) -> ContentReader {
+    fn new(
+        repo: Repo,
+        index: Arc<Index>,
+        pieces: Vec<Piece>,
+        threads: usize,
+        cancel: &Cancel,
+    ) -> ContentReader {
         let threads = if threads == 0 { 4 } else { threads };
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let stopped = Arc::new(AtomicBool::new(false));
+        // Fetch threads log in the reader's span (the job's kind and run id).
+        let span = tracing::Span::current();
         let workers = (0..threads)
             .map(|_| {
                 let (repo, index, rx) = (repo.clone(), index.clone(), rx.clone());
-                let stopped = stopped.clone();
+                let (stopped, cancel, span) = (stopped.clone(), cancel.clone(), span.clone());
                 std::thread::spawn(move || {
+                    let _e = span.enter();
                     for job in rx {
                         if stopped.load(Ordering::Relaxed) {
                             continue;
                         }
-                        if crate::interrupt::cancelled() {
-                            let _ = job.reply.send(Err(Error::new(
-                                ErrorKind::Interrupted,
-                                "reading stopped by a signal",
-                            )));
+                        if let Err(e) = cancel.check() {
+                            let _ = job.reply.send(Err(e));
                             continue;
                         }
                         let res = fetch(&repo, &index, &job);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::repo::index::{IndexBlob, IndexPack};
 use crate::repo::pack::Packer;
@@ -36,9 +37,17 @@ pub struct RepairReport {
     pub lost_blobs: usize,
 }
 
-/// Rebuilds the index; `dry_run` only reports.
-pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairReport> {
-    let lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
+/// Rebuilds the index; `dry_run` only reports. Stops between packs, and wherever it checks
+/// its lock, once `cancel` is cancelled (before the new index: nothing changed but
+/// unindexed salvage packs, which the next prune removes).
+pub fn run(
+    repo: &Repo,
+    dry_run: bool,
+    retry_lock: Duration,
+    cancel: &Cancel,
+) -> Result<RepairReport> {
+    let lock =
+        crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?.watching(cancel);
     let st = repo.storage();
     let crypto = repo.crypto();
     let mut report = RepairReport::default();
@@ -70,6 +79,7 @@ pub fn run(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<RepairRep
         let Ok(id) = id_from_path(&l.path) else {
             continue;
         };
+        lock.check()?;
         report.packs += 1;
         present.insert(id);
         let bytes = st.read(&l.path)?;
@@ -142,9 +152,16 @@ pub struct SnapshotRepairReport {
 /// available for forensics, and every other command stops warning about it. Unlike restic's
 /// `repair snapshots` nothing is salvaged from it (its tree id is unreadable). Holds the
 /// exclusive lock so no backup is committing a manifest meanwhile.
-pub fn snapshots(repo: &Repo, dry_run: bool, retry_lock: Duration) -> Result<SnapshotRepairReport> {
-    let lock = crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?;
+pub fn snapshots(
+    repo: &Repo,
+    dry_run: bool,
+    retry_lock: Duration,
+    cancel: &Cancel,
+) -> Result<SnapshotRepairReport> {
+    let lock =
+        crate::repo::lock::acquire(repo.storage(), true, "repair", retry_lock)?.watching(cancel);
     let list = repo.snapshots()?;
+    cancel.check()?;
     let mut report = SnapshotRepairReport {
         intact: list.snapshots.len(),
         set_aside: Vec::new(),

@@ -219,9 +219,12 @@ impl<'r> Walk<'r> {
         let slots: Vec<Mutex<Option<Result<Tree>>>> =
             batch.iter().map(|_| Mutex::new(None)).collect();
         let taken = AtomicUsize::new(0);
+        // Loaders log in the job's span (its kind and run id).
+        let span = tracing::Span::current();
         std::thread::scope(|s| {
             for _ in 0..PARALLEL_TREES.min(batch.len()) {
                 s.spawn(|| {
+                    let _e = span.enter();
                     loop {
                         let i = taken.fetch_add(1, Ordering::Relaxed);
                         let Some((_, id)) = batch.get(i) else { break };

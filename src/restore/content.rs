@@ -112,7 +112,7 @@ impl FileTask {
     /// Called once all chunks are written (or the file failed): the length (a trailing
     /// hole), metadata, then the final name. An interrupted restore completes nothing more.
     fn complete(&self, temps: &Temps, warnings: &Mutex<Vec<String>>) {
-        if crate::interrupt::cancelled() || self.done.swap(true, Ordering::SeqCst) {
+        if temps.cancelled() || self.done.swap(true, Ordering::SeqCst) {
             return;
         }
         if !self.is_failed()
@@ -222,11 +222,13 @@ pub fn restore(
         progress,
     };
     let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
+    let span = tracing::Span::current();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
+                let _e = span.enter();
                 let mut opener = pack::Opener::default();
-                while !crate::interrupt::cancelled() {
+                while !temps.cancelled() {
                     let next = work.lock().expect("work lock").pop();
                     let Some((pack_no, blobs)) = next else { break };
                     restore_pack(&cx, pack_no, blobs, &mut opener);
@@ -260,7 +262,7 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>, opener: &mu
     // Coalesce nearby blobs into range reads of at most 2 MiB (memory: threads × 2 MiB;
     // OpenDAL reads a local file 2 MiB at a time, so a longer range would be copied).
     let mut i = 0;
-    while i < blobs.len() && !crate::interrupt::cancelled() {
+    while i < blobs.len() && !temps.cancelled() {
         let start = u64::from(blobs[i].0.offset);
         let mut end = start + u64::from(blobs[i].0.stored_len);
         let mut j = i + 1;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::content::{self, FileTask};
 use super::entry::{self, Decision, Overwrite, Temps};
-use super::{Destination, Item, Plan, RestoreOutcome, interrupted};
+use super::{Destination, Item, Plan, RestoreOutcome, check};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{Node, NodeKind, Piece};
@@ -80,7 +80,7 @@ impl Destination for Directory {
         let target = prepare_target(&self.target)?;
         let overwrite = self.overwrite;
         let (repo, index) = (plan.repo, &*plan.index);
-        let temps = Temps::new();
+        let temps = Temps::new(plan.cancel);
         let mut links: HashMap<(u64, u64), First> = HashMap::new();
         let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
         let mut walk = plan.walk()?;
@@ -91,9 +91,7 @@ impl Destination for Directory {
             let mut chunks_planned = 0;
             let mut more = false;
             while let Some(item) = walk.next_item()? {
-                if crate::interrupt::cancelled() {
-                    return Err(interrupted());
-                }
+                check(plan.cancel)?;
                 if let Some(s) = &skip_under {
                     if item.rel.starts_with(s) {
                         continue;
@@ -190,9 +188,7 @@ impl Destination for Directory {
                 progress,
                 &mut out.warnings,
             );
-            if crate::interrupt::cancelled() {
-                return Err(interrupted());
-            }
+            check(plan.cancel)?;
             for f in &files {
                 match f.failure() {
                     Some(reason) => out.failed.push((f.path.display().to_string(), reason)),

@@ -113,17 +113,19 @@ fn unchanged(path: &Path, m: &std::fs::Metadata, node: &Node) -> bool {
 }
 
 /// The temporary files of one restore; removed when it ends without completing them, and
-/// by the signal handler if the process is stopped at once.
+/// by the signal handler if the process is stopped at once. It carries the restore's
+/// cancellation token: once cancelled, no more content is fetched and no file is completed.
 pub struct Temps {
     live: Arc<Mutex<HashSet<PathBuf>>>,
+    cancel: crate::cancel::Cancel,
     _on_signal: crate::interrupt::OnExit,
 }
 
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 impl Temps {
-    /// A registry, known to the signal handler.
-    pub fn new() -> Temps {
+    /// A registry, known to the signal handler, for a restore cancelled with `cancel`.
+    pub fn new(cancel: &crate::cancel::Cancel) -> Temps {
         let live: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let on_signal = {
             let live = live.clone();
@@ -137,8 +139,14 @@ impl Temps {
         };
         Temps {
             live,
+            cancel: cancel.clone(),
             _on_signal: on_signal,
         }
+    }
+
+    /// Whether the restore was cancelled: stop fetching, complete nothing more.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     fn path(dir: &Path) -> PathBuf {

@@ -1,9 +1,11 @@
 //! Stream destinations: one file's content, in order, to a writer (`backstop dump`) or
 //! into a command's standard input (`restore --to-command`), read through
-//! [`Repo::content_reader`] (packs fetched in parallel ahead, memory bounded).
+//! [`Repo::content_reader`] (packs fetched in parallel ahead, memory bounded). A writer also
+//! takes a directory, as a tar stream of it (see [`super::tar`]).
 //!
-//! The selection must be exactly one regular file: a directory, a symlink or several files
-//! are refused before anything is written or any command started, naming what was found.
+//! Otherwise the selection must be exactly one regular file: a directory (for a command), a
+//! symlink or several files are refused before anything is written or any command started,
+//! naming what was found.
 //! The command runs without a shell: its line is split into words as a shell would split
 //! it (quotes, backslashes; give `sh -c '…'` for pipes and redirections), the same rule as
 //! `backup --stdin-from-command`. Its standard output and error are the restore's. A
@@ -47,24 +49,45 @@ impl Destination for Stream<'_> {
         out: &mut RestoreOutcome,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let item = select_one(plan, &self.what)?;
-        copy(plan, &item, self.writer, &self.what, out, progress)
+        match select(plan, &self.what)? {
+            Selected::File(item) => copy(plan, &item, self.writer, &self.what, out, progress),
+            Selected::Dir(item) => {
+                super::tar::write(plan, &item, self.writer, &self.what, out, progress)
+            }
+        }
     }
+}
+
+/// What a stream's selection is.
+enum Selected {
+    /// One regular file.
+    File(Item),
+    /// A directory (the first the selection names) and what is below it.
+    Dir(Item),
 }
 
 /// The one regular file the plan selects, or an error naming what it selects instead.
 fn select_one(plan: &Plan<'_>, what: &str) -> Result<Item> {
+    match select(plan, what)? {
+        Selected::File(item) => Ok(item),
+        Selected::Dir(item) => Err(Error::config(format!(
+            "{} is a directory in the snapshot: {what} takes one file (restore a directory \
+             with --target)",
+            show(&item.rel)
+        ))),
+    }
+}
+
+/// The directory or the one regular file the plan selects, or an error naming what it
+/// selects instead.
+fn select(plan: &Plan<'_>, what: &str) -> Result<Selected> {
     let mut walk = plan.walk()?;
     let (mut file, mut files, mut other) = (None, 0u64, None);
     while let Some(item) = walk.next_item()? {
         match item.node.kind {
-            // A directory on the way to the file is fine; one the selection names is not.
+            // A directory on the way to the file is not selected; one the selection names is.
             NodeKind::Dir if plan.includes.is_none_or(|i| i.is_match(&item.rel)) => {
-                return Err(Error::config(format!(
-                    "{} is a directory in the snapshot: {what} takes one file (restore a \
-                     directory with --target)",
-                    show(&item.rel)
-                )));
+                return Ok(Selected::Dir(item));
             }
             NodeKind::Dir => {}
             NodeKind::File => {
@@ -77,7 +100,7 @@ fn select_one(plan: &Plan<'_>, what: &str) -> Result<Item> {
         }
     }
     match (file, other) {
-        (Some(f), _) if files == 1 => Ok(f),
+        (Some(f), _) if files == 1 => Ok(Selected::File(f)),
         (Some(f), _) => Err(Error::config(format!(
             "the selection holds {files} files ({} and others): {what} takes one file; \
              name it with --include",
@@ -104,14 +127,15 @@ fn copy(
     progress: &dyn Progress,
 ) -> Result<()> {
     let shown = show(&item.rel);
-    let mut reader =
-        plan.repo
-            .content_reader(plan.index.clone(), item.node.content.clone(), plan.threads);
+    let mut reader = plan.repo.content_reader(
+        plan.index.clone(),
+        item.node.content.clone(),
+        plan.threads,
+        plan.cancel,
+    );
     let mut n = 0u64;
     loop {
-        if crate::interrupt::cancelled() {
-            return Err(super::interrupted());
-        }
+        super::check(plan.cancel)?;
         let buf = reader.fill().map_err(|e| e.context(&shown))?;
         if buf.is_empty() {
             break;
@@ -238,21 +262,22 @@ fn literal_glob(path: &str) -> String {
 }
 
 /// Writes the file `path` of snapshot `snap` (whose id is `id`) to `dest`, in order:
-/// `backstop dump`. `path` is absolute as backed up or relative to the snapshot root.
+/// `backstop dump`. `path` is absolute as backed up or relative to the snapshot root;
+/// `opts` gives the lock wait, the readers and the cancellation token (its target and
+/// includes are not used).
 pub fn dump(
     repo: &Repo,
     id: Id,
     snap: &Snapshot,
     path: &str,
     dest: &mut Stream<'_>,
-    retry_lock: std::time::Duration,
+    opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreOutcome> {
     let opts = RestoreOptions {
         target: PathBuf::new(),
         includes: vec![literal_glob(path)],
-        retry_lock,
-        ..Default::default()
+        ..opts.clone()
     };
     let o = run_to(repo, id, snap, &opts, dest, progress)?;
     if !o.unmatched_includes.is_empty() {

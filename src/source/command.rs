@@ -99,9 +99,12 @@ impl Source for Command {
         let (done, ended) = crossbeam_channel::bounded::<()>(0);
         let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tail = Arc::new(Mutex::new(VecDeque::new()));
+        // The stderr reader and the watchdog log in the job's span (its kind and run id).
+        let span = &tracing::Span::current();
         let stored = std::thread::scope(|s| {
             let tail2 = Arc::clone(&tail);
             s.spawn(move || {
+                let _e = span.enter();
                 for line in BufReader::new(stderr).split(b'\n').map_while(|l| l.ok()) {
                     let line = String::from_utf8_lossy(&line).into_owned();
                     tracing::debug!("command stderr: {line}");
@@ -114,7 +117,7 @@ impl Source for Command {
             });
             let (timeout, timed) = (self.opts.timeout, Arc::clone(&timed_out));
             let cancel = ingest.cancel().clone();
-            s.spawn(move || watchdog(pid, timeout, ended, &timed, &cancel));
+            s.spawn(move || span.in_scope(|| watchdog(pid, timeout, ended, &timed, &cancel)));
             let res = ingest.store_stream(stdout, Chunking::Content);
             drop(done);
             if res.is_err() {

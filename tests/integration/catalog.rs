@@ -553,6 +553,12 @@ fn a_postgres_catalog_records_cli_backups_and_status_shows_them() {
         (&runs[0]["policy"], &runs[0]["status"]),
         (&"p".into(), &"success".into())
     );
+    // A policy's run records the target it went to by name; a --repo run has none.
+    assert_eq!(
+        (&runs[0]["target"], &runs[1]["target"]),
+        (&"main".into(), &serde_json::Value::Null),
+        "{v}"
+    );
     assert_eq!(v["repositories"][0]["snapshots"], 2);
     // The snapshot rows carry their source key, read back through the library.
     let rows = blocking::Catalog::open(&url)

@@ -10,6 +10,90 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `backstop dump latest PATH` extracted by `tar -x` into `into`.
+fn dump_extracted(env: &Env, path: &str, into: &std::path::Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let o = env.run(&["dump", "latest", path]).output().unwrap();
+    assert!(o.status.success(), "dump {path}: {}", stderr(&o));
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-p", "-f", "-", "-C"])
+        .arg(into)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    tar.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let st = tar.wait().unwrap();
+    assert!(st.success(), "tar -x of dump {path} failed");
+}
+
+#[test]
+fn dump_of_a_directory_is_a_tar_stream_of_its_tree() {
+    let env = Env::new();
+    env.init();
+    let (src, _) = source(&env);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("dir/sub"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(
+        src.join("dir/sub/small.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/small.txt", src.join("dir/link")).unwrap();
+    let long = "n".repeat(120);
+    write(
+        &src.join(format!("dir/sub/{long}/{long}.txt")),
+        b"a long name",
+    );
+    std::fs::create_dir(src.join("dir/empty")).unwrap();
+    // Whole seconds: a tar header holds no more.
+    let st = std::process::Command::new("find")
+        .arg(&src)
+        .args(["-exec", "touch", "-h", "-d", "@1700000000", "{}", "+"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    env.backup(&src, &[]);
+
+    // Relative to the snapshot root, and absolute as backed up: named from the directory.
+    let out = env.path("x1");
+    dump_extracted(&env, "dir", &out);
+    assert_same_tree(&src.join("dir"), &out.join("dir"));
+    let out = env.path("x2");
+    dump_extracted(&env, &format!("{}/dir/sub", src.display()), &out);
+    assert_same_tree(&src.join("dir/sub"), &out.join("sub"));
+    let (a, b) = (
+        std::fs::metadata(src.join("dir/sub")).unwrap(),
+        std::fs::metadata(out.join("sub")).unwrap(),
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((a.mode(), a.mtime()), (b.mode(), b.mtime()));
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        1,
+        "only the dumped directory"
+    );
+
+    // restore --to-command still takes one file.
+    let o = env
+        .run(&[
+            "restore",
+            "latest",
+            "--include",
+            "dir/sub",
+            "--to-command",
+            "cat",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/dir/sub is a directory in the snapshot"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// A source with a file of several chunks and a hole, a small file and a directory.
 fn source(env: &Env) -> (std::path::PathBuf, Vec<u8>) {
     let src = env.path("src");
@@ -23,7 +107,7 @@ fn source(env: &Env) -> (std::path::PathBuf, Vec<u8>) {
 }
 
 #[test]
-fn dump_writes_one_file_in_order_and_refuses_directories() {
+fn dump_writes_one_file_in_order() {
     let env = Env::new();
     env.init();
     let (src, big) = source(&env);
@@ -42,15 +126,7 @@ fn dump_writes_one_file_in_order_and_refuses_directories() {
         .unwrap();
     assert_eq!(o.stdout, b"small file\n", "{}", stderr(&o));
 
-    // A directory is refused, naming it; so is a path that is not in the snapshot.
-    let o = env.run(&["dump", "latest", "dir/sub"]).output().unwrap();
-    assert!(!o.status.success());
-    assert!(o.stdout.is_empty());
-    let e = stderr(&o);
-    assert!(
-        e.contains("/dir/sub is a directory in the snapshot"),
-        "unexpected error: {e}"
-    );
+    // A path that is not in the snapshot is refused, naming it.
     let o = env
         .run(&["dump", "latest", "dir/nothing"])
         .output()

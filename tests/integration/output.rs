@@ -103,6 +103,45 @@ fn no_colour_and_json_logs_only_json_when_not_a_terminal() {
 }
 
 #[test]
+fn a_warning_logged_by_a_worker_thread_carries_the_job_and_its_run_id() {
+    let env = Env::new();
+    env.init();
+    let src = env.path("src");
+    write(&src.join("a/f"), b"kept");
+    write(&src.join("b/x.tmp"), b"left out");
+    // "nothing backed up" for b is warned by the walker thread, not the job's thread.
+    let out = env
+        .run(&["--log-format", "json", "backup", "--exclude", "*.tmp"])
+        .arg(src.join("a"))
+        .arg(src.join("b"))
+        .env("BACKSTOP_LOG", "backstop=info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let line = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["target"] == "backstop::pipeline::ingest"
+                && v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("nothing backed up"))
+        })
+        .unwrap_or_else(|| panic!("no warning from the walker: {err}"));
+    assert_eq!(line["span"]["name"], "job", "{line}");
+    assert_eq!(line["span"]["kind"], "backup", "{line}");
+    let run = line["span"]["run"].as_i64().unwrap_or(0);
+    assert!(run > 0, "not a recorded run id: {line}");
+    let status = env.run(&["status", "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        status.to_string().contains(&format!("\"id\":{run}")),
+        "run {run} is not in the catalog: {status}"
+    );
+}
+
+#[test]
 fn json_failures_print_a_json_error_object_with_the_exit_code() {
     let env = Env::new();
     let out = env.run(&["snapshots", "--json"]).output().unwrap();

@@ -80,16 +80,20 @@ pub(super) fn run(
     threads: usize,
 ) -> Result<(Id, Option<Node>)> {
     let (job_tx, job_rx) = unbounded::<FileJob>();
+    // The walker and readers log (and warn) in the job's span (its kind and run id).
+    let span = &tracing::Span::current();
     std::thread::scope(|s| {
         for _ in 0..threads {
             let rx = job_rx.clone();
-            s.spawn(move || reader(sh, rx));
+            s.spawn(move || span.in_scope(|| reader(sh, rx)));
         }
         drop(job_rx);
         let walker = Walker::new(sh, job_tx, roots, several);
         std::thread::Builder::new()
             .stack_size(64 << 20)
-            .spawn_scoped(s, move || walker.walk_roots(roots, parent))
+            .spawn_scoped(s, move || {
+                span.in_scope(|| walker.walk_roots(roots, parent))
+            })
             .map_err(|e| Error::new(ErrorKind::Io, "starting the walker").with_source(e))?
             .join()
             .map_err(|_| Error::new(ErrorKind::Io, "the walker thread panicked"))?
