@@ -154,11 +154,12 @@ pub fn run<T>(
     progress: &dyn Progress,
     source: impl FnOnce(&Ingest) -> Result<T>,
 ) -> Result<(T, Stored)> {
+    let uploaders = repo.storage().write_concurrency();
     let packing = Packing {
         repo,
         packer: Mutex::new(Packer::new(repo.config().pack_size as usize)),
         upload_slots: {
-            let n = repo.storage().write_concurrency();
+            let n = uploaders;
             let (tx, rx) = bounded(n);
             for _ in 0..n {
                 tx.send(()).expect("slot channel");
@@ -176,6 +177,8 @@ pub fn run<T>(
     let threads = settings.threads.max(1);
     let cancel = settings.cancel.clone();
     let (blob_tx, blob_rx) = bounded::<Blob>(threads);
+    // Every pack sent holds an upload slot, so sending never blocks.
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(uploaders);
     let ingest = Ingest {
         repo,
         index,
@@ -191,12 +194,26 @@ pub fn run<T>(
     // Sealers log in the job's span (its kind and run id).
     let span = tracing::Span::current();
     let result = std::thread::scope(|s| {
-        let sealers: Vec<_> = (0..threads)
+        // Uploaders store packs while the sealers go on compressing the next ones.
+        let uploaders: Vec<_> = (0..uploaders)
             .map(|_| {
-                let (rx, p, span) = (blob_rx.clone(), &packing, &span);
+                let (rx, p, span) = (pack_rx.clone(), &packing, &span);
                 s.spawn(move || {
                     let _e = span.enter();
-                    p.seal(rx)
+                    for pack in rx {
+                        p.upload(pack);
+                        p.upload_slots.1.send(()).expect("slot channel");
+                    }
+                })
+            })
+            .collect();
+        drop(pack_rx);
+        let sealers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (rx, tx, p, span) = (blob_rx.clone(), pack_tx.clone(), &packing, &span);
+                s.spawn(move || {
+                    let _e = span.enter();
+                    p.seal(rx, tx)
                 })
             })
             .collect();
@@ -216,13 +233,18 @@ pub fn run<T>(
         for h in sealers {
             let _ = h.join();
         }
+        let last = packing.packer.lock().expect("packer lock").take();
+        if !last.is_empty() {
+            packing.upload_slots.0.recv().expect("slot channel");
+            let _ = pack_tx.send(last.finish(repo.crypto()));
+        }
+        drop(pack_tx);
+        for h in uploaders {
+            let _ = h.join();
+        }
         (result, counters, warnings, notes)
     });
     let (result, counters, warnings, notes) = result;
-    let last = packing.packer.lock().expect("packer lock").take();
-    if !last.is_empty() {
-        packing.upload(last.finish(repo.crypto()));
-    }
     cancel.check()?;
     // A storage failure is the cause of whatever the source then reported.
     if let Some(e) = packing.error.into_inner().expect("error lock") {
@@ -449,8 +471,8 @@ impl Packing<'_> {
     }
 
     /// A sealer: compresses and seals blobs into the shared packer; the one that fills it
-    /// uploads it.
-    fn seal(&self, blobs: Receiver<Blob>) {
+    /// hands it to the uploaders.
+    fn seal(&self, blobs: Receiver<Blob>, packs: Sender<FinishedPack>) {
         let crypto = self.repo.crypto();
         // This thread's compression buffer: reused, it costs no fresh pages per blob.
         let mut z = Vec::new();
@@ -474,8 +496,7 @@ impl Packing<'_> {
             self.upload_slots.0.recv().expect("slot channel");
             let full = packer.take();
             drop(packer);
-            self.upload(full.finish(crypto));
-            self.upload_slots.1.send(()).expect("slot channel");
+            let _ = packs.send(full.finish(crypto));
         }
     }
 
