@@ -242,7 +242,7 @@ impl Held {
 /// operation on storage that refuses writes (or with `--no-lock`) holds no lock at all.
 pub struct LockGuard {
     held: Option<Arc<Held>>,
-    refresher: Option<std::thread::JoinHandle<()>>,
+    refresher: Option<(std::thread::JoinHandle<()>, crossbeam_channel::Sender<()>)>,
     /// Removes the lock object if a signal stops the process (see `crate::interrupt`).
     _on_signal: Option<crate::interrupt::OnExit>,
     /// The operation's cancellation token, checked with the lock.
@@ -388,6 +388,8 @@ pub fn acquire(
             ),
         ));
     }
+    // Dropping the guard drops `wake`: the refresher ends at once, not after its nap.
+    let (wake, woken) = crossbeam_channel::bounded::<()>(0);
     let refresher = {
         let held = held.clone();
         let span = tracing::Span::current();
@@ -397,7 +399,10 @@ pub fn acquire(
                 let _e = span.enter();
                 let mut last = Instant::now();
                 while !held.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
+                    let nap = woken.recv_timeout(Duration::from_millis(200));
+                    if nap != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                        break;
+                    }
                     if last.elapsed() >= held.ttl / 6 {
                         last = Instant::now();
                         held.refresh();
@@ -408,7 +413,7 @@ pub fn acquire(
     };
     Ok(LockGuard {
         held: Some(held),
-        refresher: Some(refresher),
+        refresher: Some((refresher, wake)),
         _on_signal: Some(on_signal),
         cancel: None,
     })
@@ -459,7 +464,8 @@ impl Drop for LockGuard {
             return;
         };
         held.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.refresher.take() {
+        if let Some((t, wake)) = self.refresher.take() {
+            drop(wake);
             let _ = t.join();
         }
         if let Err(e) = held.storage.delete(&held.path) {
