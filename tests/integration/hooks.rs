@@ -358,3 +358,31 @@ fn policy_hooks_are_checked_with_their_line() {
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("--hook-before"), "{}", out.stderr);
 }
+
+#[test]
+fn a_signal_stops_a_before_hook_and_the_after_hooks_still_run() {
+    let env = setup();
+    let (started_marker, after) = (env.path("started"), env.path("after"));
+    let slow = sh(&format!("touch {}; sleep 60", started_marker.display()));
+    let report = sh(&format!("echo $BACKSTOP_RESULT > {}", after.display()));
+    let src = env.path("src");
+    let args = ["backup", "--hook-before", &slow, "--hook-after", &report];
+    let started = Instant::now();
+    let child = env.spawn(&[&args[..], &[src.to_str().unwrap()]].concat(), &[]);
+    while !started_marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("SIGINT") && err.contains("before-hook"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "{err}");
+    assert!(env.snapshots().is_empty());
+    assert_eq!(read(&after), "failure\n");
+}
