@@ -41,6 +41,9 @@ pub struct BackupOptions {
     pub damaged_packs: HashSet<Id>,
     /// Stops the backup (nothing committed) once cancelled.
     pub cancel: Cancel,
+    /// Commands run before and after the backup: by [`crate::jobs::backup`], around
+    /// [`run`] (the engine itself runs none).
+    pub hooks: crate::hooks::Hooks,
 }
 
 /// The source of a backup and its own options.
@@ -86,6 +89,8 @@ pub struct BackupOutcome {
     pub warnings: Vec<String>,
     /// What was left out by design (pseudo file systems' content), for the operator.
     pub notes: Vec<String>,
+    /// The hooks that ran around the backup, in order (filled by [`crate::jobs::backup`]).
+    pub hooks: Vec<crate::hooks::HookRun>,
 }
 
 /// Runs a backup of `opts.source` into `repo`.
@@ -203,6 +208,7 @@ pub fn run_source(
         snapshot,
         warnings,
         notes,
+        hooks: Vec::new(),
     })
 }
 

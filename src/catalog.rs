@@ -52,6 +52,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::hooks::{HookRun, Phase};
 use crate::repo::{Id, Snapshot};
 
 pub use recorder::Recorder;
@@ -276,6 +277,8 @@ pub struct RunRow {
     pub error: Option<String>,
     /// Snapshot.
     pub snapshot_id: Option<String>,
+    /// The hooks that ran with it, in order (empty for runs without hooks).
+    pub hooks: Vec<HookRun>,
 }
 
 /// A snapshot row.
@@ -710,7 +713,7 @@ impl Catalog {
 
     /// The most recent runs, newest first.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
-        let rows = on_pool!(&self.pool, p => sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT $1")
+        let mut rows = on_pool!(&self.pool, p => sqlx::query("SELECT * FROM runs ORDER BY id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(p)
             .await?
@@ -735,10 +738,76 @@ impl Catalog {
                     warnings: r.try_get("warnings")?,
                     error: r.try_get("error")?,
                     snapshot_id: r.try_get("snapshot_id")?,
+                    hooks: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>, _>>())?;
+        if let (Some(last), Some(first)) = (rows.first().map(|r| r.id), rows.last().map(|r| r.id)) {
+            let mut hooks = self.run_hooks(first, last).await?;
+            for r in &mut rows {
+                r.hooks = hooks.remove(&r.id).unwrap_or_default();
+            }
+        }
         Ok(rows)
+    }
+
+    /// Records what a hook of `run` did (after the ones recorded before it).
+    pub async fn record_hook(&self, run: RunId, hook: &HookRun) -> Result<()> {
+        on_pool!(&self.pool, p => sqlx::query(
+            "INSERT INTO run_hooks (run_id, phase, command, ok, exit_code, ended, duration_ms,
+             output) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(run.0)
+        .bind(hook.phase.name())
+        .bind(&hook.command)
+        .bind(hook.ok)
+        .bind(hook.exit_code)
+        .bind(&hook.ended)
+        .bind(hook.duration_ms)
+        .bind(&hook.output)
+        .execute(p)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// The hooks of the runs `first..=last`, by run id, each run's in the order they ran.
+    async fn run_hooks(&self, first: i64, last: i64) -> Result<HashMap<i64, Vec<HookRun>>> {
+        let rows = on_pool!(&self.pool, p => sqlx::query(
+            "SELECT run_id, phase, command, ok, exit_code, ended, duration_ms, output
+             FROM run_hooks WHERE run_id >= $1 AND run_id <= $2 ORDER BY id",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(p)
+        .await?
+        .into_iter()
+        .map(|r| -> Result<(i64, String, HookRun), sqlx::Error> {
+            Ok((
+                r.try_get("run_id")?,
+                r.try_get("phase")?,
+                HookRun {
+                    phase: Phase::Before,
+                    command: r.try_get("command")?,
+                    ok: r.try_get("ok")?,
+                    exit_code: r.try_get("exit_code")?,
+                    ended: r.try_get("ended")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    output: r.try_get("output")?,
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>())?;
+        let mut out: HashMap<i64, Vec<HookRun>> = HashMap::new();
+        for (run, phase, mut hook) in rows {
+            // A phase this version does not know is left out rather than mislabelled.
+            let Some(phase) = Phase::parse(&phase) else {
+                continue;
+            };
+            hook.phase = phase;
+            out.entry(run).or_default().push(hook);
+        }
+        Ok(out)
     }
 
     /// Per repository: location, snapshot count, latest snapshot time, packs verified.

@@ -413,6 +413,23 @@ pub struct BackupArgs {
     /// Stop the command and fail the backup after this long, e.g. 30m or 2h.
     #[arg(long, value_name = "DURATION", requires = "stdin_from_command")]
     pub timeout: Option<String>,
+    /// Run this command before the backup (repeatable, run in order), e.g. to flush a
+    /// database or take a file-system snapshot. If it fails (non-zero exit, a signal or
+    /// --hook-timeout) no backup is made and backstop exits non-zero naming the hook and its
+    /// last output. Split as a shell would and run without a shell ("sh -c '…'" for pipes);
+    /// it sees BACKSTOP_HOOK=before, BACKSTOP_REPO and, with --policy, BACKSTOP_POLICY and
+    /// BACKSTOP_TARGET. Policy files can set on-failure = "continue" per hook ([[hooks.before]]).
+    #[arg(long, value_name = "COMMAND")]
+    pub hook_before: Vec<String>,
+    /// Run this command after the backup, also after a failed one (repeatable, run in
+    /// order), e.g. to notify or to undo a before-hook. It also sees BACKSTOP_RESULT
+    /// (success, partial or failure), BACKSTOP_SNAPSHOT (the new snapshot's id) and
+    /// BACKSTOP_ERROR (why it failed). Its failure is a warning.
+    #[arg(long, value_name = "COMMAND")]
+    pub hook_after: Vec<String>,
+    /// Stop a hook given on the command line after this long (it counts as failed).
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub hook_timeout: String,
     /// Paths to back up.
     pub paths: Vec<PathBuf>,
 }

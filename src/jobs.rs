@@ -8,7 +8,7 @@
 
 use crate::backup::{self, BackupOptions, BackupOutcome};
 use crate::cancel::Cancel;
-use crate::catalog::{NewRun, Recorder, RepoKey, RunEnd, blocking::Catalog};
+use crate::catalog::{NewRun, Recorder, RepoKey, RunEnd, RunId, blocking::Catalog};
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::repo::Repo;
@@ -35,10 +35,23 @@ fn recorded<T>(
     op: impl FnOnce() -> Result<T>,
     end: impl FnOnce(&T) -> RunEnd,
 ) -> Result<T> {
+    recorded_run(catalog, repo, new, record, |_| op(), end)
+}
+
+/// [`recorded`] for an operation that records more under its run id (`None` when the run
+/// is not recorded).
+fn recorded_run<T>(
+    catalog: &Recorder,
+    repo: &Repo,
+    new: NewRun<'_>,
+    record: bool,
+    op: impl FnOnce(Option<RunId>) -> Result<T>,
+    end: impl FnOnce(&T) -> RunEnd,
+) -> Result<T> {
     let kind = new.kind;
     if !record {
         let _span = tracing::info_span!("job", kind, run = "unrecorded").entered();
-        return op();
+        return op(None);
     }
     let key = RepoKey::of(repo);
     let new = NewRun {
@@ -52,7 +65,7 @@ fn recorded<T>(
         Some(id) => tracing::info_span!("job", kind, run = id.0),
         None => tracing::info_span!("job", kind, run = "unrecorded"),
     };
-    let res = span.in_scope(op);
+    let res = span.in_scope(|| op(run));
     let e = match &res {
         Ok(t) => end(t),
         Err(err) => RunEnd {
@@ -67,8 +80,10 @@ fn recorded<T>(
     res
 }
 
-/// Backs up and records the run (with `target`, the policy's name for `repo`, if it runs
-/// for a policy) and the snapshot.
+/// Backs up between the hooks of `opts` ([`crate::hooks::around`]) and records the run
+/// (with `target`, the policy's name for `repo`, if it runs for a policy), each hook as it
+/// ends, and the snapshot. An after-hook that fails with `abort` fails the run after its
+/// snapshot is recorded.
 pub fn backup(
     catalog: &Recorder,
     repo: &Repo,
@@ -87,31 +102,45 @@ pub fn backup(
         target,
         ..job("backup")
     };
-    recorded(
-        catalog,
-        repo,
-        new,
-        true,
-        || backup::run(repo, &opts, progress),
-        |o| {
-            catalog.with(|c| c.put_snapshot(&key, &o.id, &o.snapshot));
-            let s = &o.snapshot.summary;
-            RunEnd {
-                status: if o.warnings.is_empty() {
-                    "success"
-                } else {
-                    "partial"
-                },
-                files: s.files,
-                bytes_read: s.bytes_read,
-                bytes_new: s.bytes_new,
-                bytes_stored: s.bytes_stored,
-                warnings: s.warnings,
-                error: None,
-                snapshot: Some(o.id),
+    let ctx = crate::hooks::Context {
+        repo: &key.location,
+        policy: policy.as_deref(),
+        target,
+    };
+    let op = |run: Option<RunId>| {
+        let record = |h: &crate::hooks::HookRun| {
+            if let Some(run) = run {
+                catalog.with(|c| c.record_hook(run, h));
             }
-        },
-    )
+        };
+        crate::hooks::around(&opts.hooks, &ctx, &opts.cancel, record, || {
+            backup::run(repo, &opts, progress)
+        })
+    };
+    let (outcome, hook_failed) = recorded_run(catalog, repo, new, true, op, |(o, hook_failed)| {
+        catalog.with(|c| c.put_snapshot(&key, &o.id, &o.snapshot));
+        let s = &o.snapshot.summary;
+        RunEnd {
+            status: if hook_failed.is_some() {
+                "failed"
+            } else if o.warnings.is_empty() {
+                "success"
+            } else {
+                "partial"
+            },
+            files: s.files,
+            bytes_read: s.bytes_read,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+            warnings: s.warnings,
+            error: hook_failed.as_ref().map(|e| crate::error::chain(e)),
+            snapshot: Some(o.id),
+        }
+    })?;
+    match hook_failed {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
 }
 
 /// Restores snapshot `snapshot` (an id, a unique prefix, or `latest` as `filter` allows)

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod forget;
+pub mod hooks;
 pub mod id;
 pub mod interrupt;
 pub mod jobs;

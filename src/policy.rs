@@ -38,6 +38,9 @@ pub struct Policy {
     /// Which snapshots `forget` keeps.
     #[serde(default)]
     pub retention: retention::KeepRules,
+    /// Commands run before and after each backup (`[[hooks.before]]`, `[[hooks.after]]`).
+    #[serde(default)]
+    pub hooks: crate::hooks::Hooks,
 }
 
 fn default_compression() -> i32 {
@@ -144,9 +147,10 @@ pub struct LoadedPolicy {
 
 impl LoadedPolicy {
     /// The one resolved value a backup of this policy runs with: the policy's source and
-    /// settings, with what the command line adds. The policy's paths; excludes, includes and
-    /// tags of both; `one-file-system` and `ignore-inode` if either says so; the policy's
-    /// compression and name; the rest (full, threads, lock wait, cancellation) from `flags`.
+    /// settings, with what the command line adds. The policy's paths; excludes, includes,
+    /// tags and hooks of both (the policy's hooks first); `one-file-system` and
+    /// `ignore-inode` if either says so; the policy's compression and name; the rest (full,
+    /// threads, lock wait, cancellation) from `flags`.
     pub fn backup_options(
         &self,
         flags: &crate::backup::BackupOptions,
@@ -169,6 +173,7 @@ impl LoadedPolicy {
             tags,
             compression: self.policy.compression,
             policy: Some(self.policy.name.clone()),
+            hooks: self.policy.hooks.clone().then(&flags.hooks),
             ..flags.clone()
         }
     }
@@ -504,6 +509,9 @@ fn load_checked(path: &Path) -> std::result::Result<LoadedPolicy, Vec<String>> {
         for (key, msg) in schedule_problems(s) {
             err(&["schedule", key], msg);
         }
+    }
+    for (phase, msg) in policy.hooks.problems() {
+        err(&["hooks", phase], msg);
     }
     for (key, msg) in policy.retention.problems() {
         err(&["retention", key], format!("retention: {msg}"));

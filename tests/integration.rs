@@ -13,6 +13,7 @@ mod integration {
     mod dump;
     mod faults;
     mod format;
+    mod hooks;
     mod hostile;
     mod locking;
     mod memory;

@@ -175,6 +175,11 @@ impl Catalog {
         wait(self.inner.damaged_packs(repo))?
     }
 
+    /// See [`super::Catalog::record_hook`].
+    pub fn record_hook(&self, run: RunId, hook: &crate::hooks::HookRun) -> Result<()> {
+        wait(self.inner.record_hook(run, hook))?
+    }
+
     /// See [`super::Catalog::recent_runs`].
     pub fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
         wait(self.inner.recent_runs(limit))?

@@ -661,6 +661,15 @@ fn policy_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// A duration given with `flag`: above zero, such as 90s, 30m or 2h.
+fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration> {
+    backstop::source::command::parse_timeout(value).ok_or_else(|| {
+        Error::config(format!(
+            "{flag}: '{value}' is not a duration such as 90s, 30m or 2h"
+        ))
+    })
+}
+
 fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let files = FilesOptions {
         paths: args.paths.clone(),
@@ -680,6 +689,11 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         retry_lock: retry_lock(&args.repo)?,
         damaged_packs: Default::default(),
         cancel: backstop::interrupt::token(),
+        hooks: backstop::hooks::Hooks::from_flags(
+            &args.hook_before,
+            &args.hook_after,
+            duration_flag("--hook-timeout", &args.hook_timeout)?,
+        )?,
     };
     // A signal cancels the backup, which stops at its next step and releases its lock.
     let _cooperation = backstop::interrupt::cooperate();
@@ -706,17 +720,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
         None => {
             if let Some(command) = &args.stdin_from_command {
                 let timeout = match &args.timeout {
-                    Some(t) => Some(
-                        backstop::policy::retention::parse_duration(t)
-                            .ok()
-                            .and_then(|d| d.to_std().ok())
-                            .filter(|d| !d.is_zero())
-                            .ok_or_else(|| {
-                                Error::config(format!(
-                                    "--timeout: '{t}' is not a duration such as 90s, 30m or 2h"
-                                ))
-                            })?,
-                    ),
+                    Some(t) => Some(duration_flag("--timeout", t)?),
                     None => None,
                 };
                 opts.source = SourceOptions::Command(CommandOptions {
@@ -769,7 +773,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             );
         }
         results.push(
-            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings, "notes": o.notes}),
+            json!({"target": name, "id": o.id, "snapshot": o.snapshot, "warnings": o.warnings, "notes": o.notes, "hooks": o.hooks}),
         );
     }
     if ctx.cli.global.json {
@@ -985,7 +989,12 @@ fn status(ctx: &Ctx) -> Result<()> {
                 r.status.clone(),
                 time_str(&r.started_at),
                 size(r.bytes_read.max(0) as u64),
-                r.error.clone().unwrap_or_default(),
+                // The first line: a command's or hook's output follows in the JSON.
+                r.error
+                    .as_deref()
+                    .and_then(|e| e.lines().next())
+                    .unwrap_or_default()
+                    .to_string(),
             ]
         })
         .collect();
@@ -993,6 +1002,30 @@ fn status(ctx: &Ctx) -> Result<()> {
         &["Run", "Kind", "Status", "Started", "Read", "Error"],
         &rows,
     );
+    let hooks: Vec<Vec<String>> = runs
+        .iter()
+        .flat_map(|r| r.hooks.iter().map(move |h| (r.id, h)))
+        .map(|(run, h)| {
+            vec![
+                run.to_string(),
+                h.phase.name().to_string(),
+                h.command.clone(),
+                h.ended.clone(),
+                format!("{:.1}s", h.duration_ms as f64 / 1000.0),
+                h.output.lines().last().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    if !hooks.is_empty() {
+        outln!(
+            "\nHooks of these runs (status --json has their last {} lines of output)",
+            backstop::hooks::OUTPUT_LINES
+        );
+        table(
+            &["Run", "Hook", "Command", "Ended", "Took", "Last output"],
+            &hooks,
+        );
+    }
     Ok(())
 }
 

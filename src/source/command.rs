@@ -98,23 +98,12 @@ impl Source for Command {
         // interrupted; `done` tells it the output ended.
         let (done, ended) = crossbeam_channel::bounded::<()>(0);
         let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = Arc::new(Tail::new(STDERR_LINES));
         // The stderr reader and the watchdog log in the job's span (its kind and run id).
         let span = &tracing::Span::current();
         let stored = std::thread::scope(|s| {
             let tail2 = Arc::clone(&tail);
-            s.spawn(move || {
-                let _e = span.enter();
-                for line in BufReader::new(stderr).split(b'\n').map_while(|l| l.ok()) {
-                    let line = String::from_utf8_lossy(&line).into_owned();
-                    tracing::debug!("command stderr: {line}");
-                    let mut t = tail2.lock().expect("stderr lock");
-                    if t.len() == STDERR_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
-                }
-            });
+            s.spawn(move || span.in_scope(|| tail2.read_from(stderr, "command stderr")));
             let (timeout, timed) = (self.opts.timeout, Arc::clone(&timed_out));
             let cancel = ingest.cancel().clone();
             s.spawn(move || span.in_scope(|| watchdog(pid, timeout, ended, &timed, &cancel)));
@@ -127,13 +116,8 @@ impl Source for Command {
         });
         let status = wait(&mut child, self.shown())?;
         let fail = |why: String| {
-            let tail = tail.lock().expect("stderr lock");
-            let mut msg = format!("the command '{}' {why}", self.shown());
-            if !tail.is_empty() {
-                msg.push_str("; its last output on stderr:\n  ");
-                msg.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n  "));
-            }
-            Error::new(ErrorKind::Io, msg)
+            let msg = format!("the command '{}' {why}", self.shown());
+            Error::new(ErrorKind::Io, tail.append_to(msg, "stderr"))
         };
         if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
             let after = humantime(self.opts.timeout.unwrap_or_default());
@@ -179,6 +163,61 @@ impl Source for Command {
     }
 }
 
+/// The last lines a command wrote to one of its outputs, kept for messages and records
+/// (each line cut at [`Tail::LINE_CHARS`] characters, so a binary blob cannot grow it).
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: Mutex<VecDeque<String>>,
+    max: usize,
+}
+
+impl Tail {
+    /// Longest line kept, in characters.
+    pub const LINE_CHARS: usize = 1000;
+
+    /// Keeps the last `max` lines.
+    pub fn new(max: usize) -> Tail {
+        Tail {
+            lines: Mutex::new(VecDeque::with_capacity(max)),
+            max,
+        }
+    }
+
+    /// Reads `r` to its end, keeping its last lines; each line is logged at debug level
+    /// after `label`.
+    pub fn read_from(&self, r: impl std::io::Read, label: &str) {
+        for line in BufReader::new(r).split(b'\n').map_while(|l| l.ok()) {
+            let mut line = String::from_utf8_lossy(&line).into_owned();
+            tracing::debug!("{label}: {line}");
+            if let Some((cut, _)) = line.char_indices().nth(Self::LINE_CHARS) {
+                line.truncate(cut);
+                line.push('…');
+            }
+            let mut t = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == self.max {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+
+    /// The lines kept, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        let t = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().cloned().collect()
+    }
+
+    /// `msg` followed by the lines kept (if any), introduced as the last output on `what`.
+    pub fn append_to(&self, mut msg: String, what: &str) -> String {
+        let lines = self.lines();
+        if !lines.is_empty() {
+            msg.push_str(&format!("; its last output on {what}:\n  "));
+            msg.push_str(&lines.join("\n  "));
+        }
+        msg
+    }
+}
+
 /// Splits the command line given with `flag` into words as a shell would (quotes and
 /// backslashes), for running without a shell; an empty line is refused, with `example`.
 pub fn split(flag: &str, line: &str, example: &str) -> Result<Vec<String>> {
@@ -192,9 +231,17 @@ pub fn split(flag: &str, line: &str, example: &str) -> Result<Vec<String>> {
     Ok(argv)
 }
 
+/// A command's timeout: a duration above zero such as `90s`, `5m` or `1h`.
+pub fn parse_timeout(s: &str) -> Option<Duration> {
+    crate::policy::retention::parse_duration(s)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+}
+
 /// Waits for the end of the output (`ended` disconnects), the timeout, or cancellation;
-/// stops the command in the latter two cases.
-fn watchdog(
+/// stops the command (`pid`, with SIGKILL) in the latter two cases.
+pub fn watchdog(
     pid: u32,
     timeout: Option<Duration>,
     ended: crossbeam_channel::Receiver<()>,
@@ -227,14 +274,16 @@ fn watchdog(
     }
 }
 
-fn kill(pid: u32) {
+/// Stops the process `pid` with SIGKILL (it may have ended already).
+pub fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
 }
 
-fn wait(child: &mut Child, shown: &str) -> Result<ExitStatus> {
+/// Waits for `child`, the command `shown`, to end.
+pub fn wait(child: &mut Child, shown: &str) -> Result<ExitStatus> {
     child.wait().map_err(|e| {
         Error::new(
             ErrorKind::Io,
@@ -245,7 +294,7 @@ fn wait(child: &mut Child, shown: &str) -> Result<ExitStatus> {
 }
 
 /// How a command that failed ended, or `None` if it succeeded.
-fn ended_badly(status: ExitStatus) -> Option<String> {
+pub fn ended_badly(status: ExitStatus) -> Option<String> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         None
@@ -260,7 +309,8 @@ fn ended_badly(status: ExitStatus) -> Option<String> {
     }
 }
 
-fn humantime(d: Duration) -> String {
+/// A duration as messages show it: `1.5s`, `30s`, `2m5s`.
+pub fn humantime(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 60.0 {
         format!("{s:.3}s").replace(".000s", "s")

@@ -125,6 +125,7 @@ on_both!(
     verification_records_and_damaged_packs,
     repository_summaries,
     migrations_are_idempotent_and_the_blocking_api_works_inside_a_runtime,
+    hooks_are_kept_with_their_run,
 );
 
 fn key(id: u8, location: &str) -> RepoKey {
@@ -148,6 +149,44 @@ fn snapshot(time: &str, paths: &[&str], key: &str, tree: u8) -> Snapshot {
         "summary": {"files": 3, "bytes_total": 300, "bytes_stored": 100}
     }))
     .expect("snapshot json")
+}
+
+async fn hooks_are_kept_with_their_run(url: String) {
+    use backstop::hooks::{HookRun, Phase};
+    let c = Catalog::open(&url).await.unwrap();
+    let repo = key(1, "/srv/repo");
+    let plain = c.start_run("verify", Some(&repo), None).await.unwrap();
+    let run = c
+        .start_run("backup", Some(&repo), Some("db"))
+        .await
+        .unwrap();
+    let before = HookRun {
+        phase: Phase::Before,
+        command: "sh -c 'mysql -e \"FLUSH TABLES\"'".into(),
+        ok: true,
+        exit_code: Some(0),
+        ended: "exited with status 0".into(),
+        duration_ms: 1234,
+        output: "flushed\n数据库 ok".into(),
+    };
+    let after = HookRun {
+        phase: Phase::After,
+        command: "notify".into(),
+        ok: false,
+        exit_code: None,
+        ended: "timed out after 5s and was stopped".into(),
+        duration_ms: 5001,
+        output: String::new(),
+    };
+    c.record_hook(run, &before).await.unwrap();
+    c.record_hook(run, &after).await.unwrap();
+    let runs = c.recent_runs(10).await.unwrap();
+    assert_eq!(runs[0].id, run.0);
+    assert_eq!(runs[0].hooks, [before, after]);
+    assert_eq!(runs[1].id, plain.0);
+    assert!(runs[1].hooks.is_empty());
+    // Listed through the limit too.
+    assert_eq!(c.recent_runs(1).await.unwrap()[0].hooks.len(), 2);
 }
 
 async fn runs_start_finish_and_list_newest_first(url: String) {
