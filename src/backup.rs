@@ -19,6 +19,8 @@ use crate::repo::{BackupKind, Id, IndexPack, Repo, Snapshot, Summary};
 use crate::source::Source;
 use crate::source::command::{Command, CommandOptions};
 use crate::source::files::{Files, FilesOptions};
+use crate::source::mysql::{Mysql, MysqlOptions};
+use crate::source::postgres::{Postgres, PostgresOptions};
 
 /// What to back up and how.
 #[derive(Clone, Debug, Default)]
@@ -53,6 +55,10 @@ pub enum SourceOptions {
     Files(FilesOptions),
     /// A command's standard output.
     Command(CommandOptions),
+    /// PostgreSQL databases, dumped logically.
+    Postgres(PostgresOptions),
+    /// MariaDB/MySQL databases, dumped logically.
+    Mysql(MysqlOptions),
 }
 
 impl Default for SourceOptions {
@@ -73,6 +79,8 @@ impl SourceOptions {
                 host,
             )?),
             SourceOptions::Command(o) => Box::new(Command::open(o.clone(), host)?),
+            SourceOptions::Postgres(o) => Box::new(Postgres::open(o.clone(), host)?),
+            SourceOptions::Mysql(o) => Box::new(Mysql::open(o.clone(), host)?),
         })
     }
 }

@@ -172,16 +172,18 @@ pub enum Command {
             short,
             long,
             value_name = "DIR",
-            required_unless_present = "to_command",
-            conflicts_with = "to_command"
+            required_unless_present_any = ["to_command", "to_database"],
+            conflicts_with_all = ["to_command", "to_database"]
         )]
         target: Option<PathBuf>,
         /// Instead of a directory: pipe the content of the one file selected (the
         /// snapshot's only file, or --include PATH) into the standard input of this
         /// command, e.g. 'psql -d app'. The line is split into words as a shell would and
         /// run without a shell (use sh -c '…' for pipes); a non-zero exit is an error.
-        #[arg(long, value_name = "CMD")]
+        #[arg(long, value_name = "CMD", conflicts_with = "to_database")]
         to_command: Option<String>,
+        #[command(flatten)]
+        db: ToDatabaseArgs,
         /// Restore only paths matching this glob (repeatable), absolute as backed up or
         /// relative to the snapshot root: "etc/ssh/**" and "/etc/ssh" both work for a
         /// backup of /etc.
@@ -410,8 +412,8 @@ pub struct BackupArgs {
         requires = "stdin_from_command"
     )]
     pub stdin_filename: String,
-    /// Stop the command and fail the backup after this long, e.g. 30m or 2h.
-    #[arg(long, value_name = "DURATION", requires = "stdin_from_command")]
+    /// Stop the command (or a database dump) and fail the backup after this long, e.g. 30m.
+    #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Run this command before the backup (repeatable, run in order), e.g. to flush a
     /// database or take a file-system snapshot. If it fails (non-zero exit, a signal or
@@ -430,8 +432,59 @@ pub struct BackupArgs {
     /// Stop a hook given on the command line after this long (it counts as failed).
     #[arg(long, value_name = "DURATION", default_value = "10m")]
     pub hook_timeout: String,
+    /// Back up PostgreSQL databases (logical: pg_dump --format=custom per database and
+    /// pg_dumpall --globals-only, streamed into one snapshot). The URL names the server and
+    /// optionally one database, e.g. postgres://postgres@127.0.0.1:5432/shop; without a
+    /// database (and no --database) every connectable non-template database is dumped.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["paths", "policy", "stdin_from_command", "mysql", "exclude", "include", "one_file_system", "ignore_inode"])]
+    pub postgres: Option<String>,
+    /// Back up MariaDB/MySQL databases (mariadb-dump --single-transaction --routines --events
+    /// --triggers --hex-blob per database, plus users and grants), e.g.
+    /// mysql://root@127.0.0.1:3306; system schemas are skipped.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["paths", "policy", "stdin_from_command", "exclude", "include", "one_file_system", "ignore_inode"])]
+    pub mysql: Option<String>,
+    /// A database to dump (repeatable); default: the URL's, else all.
+    #[arg(long = "database", value_name = "NAME")]
+    pub databases: Vec<String>,
+    /// The database password is in this environment variable (never put it in a policy).
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// The database password is the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Directory of the database client tools (pg_dump, psql, mariadb-dump…), e.g.
+    /// /usr/lib/postgresql/16/bin for a newer server; default: PATH.
+    #[arg(long, value_name = "DIR")]
+    pub client_bin: Option<PathBuf>,
     /// Paths to back up.
     pub paths: Vec<PathBuf>,
+}
+
+/// `restore --to-database` options.
+#[derive(Debug, Args, Clone)]
+pub struct ToDatabaseArgs {
+    /// Instead of a directory: restore a database of a --postgres or --mysql snapshot into
+    /// the database this URL's path names, e.g. postgres://postgres@127.0.0.1/shop_copy.
+    /// It is created; an existing database holding tables is refused unless --force. A
+    /// failed restore drops the database it created.
+    #[arg(long, value_name = "URL")]
+    pub to_database: Option<String>,
+    /// The database of the snapshot to restore (needed when it holds several).
+    #[arg(long, value_name = "NAME", requires = "to_database")]
+    pub database: Option<String>,
+    /// Restore into an existing database that holds tables (its objects of the same
+    /// names are replaced).
+    #[arg(long, requires = "to_database")]
+    pub force: bool,
+    /// The database password is in this environment variable.
+    #[arg(long, value_name = "VAR", requires = "to_database")]
+    pub password_env: Option<String>,
+    /// The database password is the first line of this file.
+    #[arg(long, value_name = "FILE", requires = "to_database")]
+    pub password_file: Option<PathBuf>,
+    /// Directory of the database client tools (pg_restore, psql, mariadb); default: PATH.
+    #[arg(long, value_name = "DIR", requires = "to_database")]
+    pub client_bin: Option<PathBuf>,
 }
 
 /// `prune` options.

@@ -124,6 +124,13 @@ fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
 }
 
+/// A duration such as "90s" or "2h", or none.
+pub(crate) fn deserialize_optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(d).map(Some)
+}
+
 fn deserialize_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     command::parse_timeout(&s).ok_or_else(|| {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::config::PasswordSource;
 use crate::error::{Error, Result};
+use crate::source::db::Engine;
 
 /// A policy file.
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +54,93 @@ fn default_compression() -> i32 {
 pub enum Source {
     /// File trees.
     Files(FilesSource),
+    /// PostgreSQL databases.
+    Postgres(DatabaseSource),
+    /// MariaDB/MySQL databases.
+    Mysql(DatabaseSource),
+}
+
+/// A `postgres` or `mysql` source. The password comes from `password-env` or
+/// `password-file` (or PostgreSQL's `~/.pgpass`), never from the URL.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DatabaseSource {
+    /// The server, e.g. `postgres://postgres@127.0.0.1:5432` (a path names one database).
+    pub url: String,
+    /// Databases to dump; none: the URL's database, or every one on the server.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// `logical` (dumps) or `physical` (PostgreSQL base backups).
+    #[serde(default)]
+    pub mode: DatabaseMode,
+    /// Name of an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A file whose first line is the password (relative to the policy file).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Directory of the client tools (`pg_dump`, `mariadb-dump`, …); default: `PATH`.
+    #[serde(default)]
+    pub client_bin: Option<PathBuf>,
+    /// Stop a dump (and the backup) after this long, e.g. "2h".
+    #[serde(
+        default,
+        deserialize_with = "crate::hooks::deserialize_optional_duration"
+    )]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// How a database is backed up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseMode {
+    /// `pg_dump` / `mariadb-dump` per database.
+    #[default]
+    Logical,
+    /// A PostgreSQL base backup (WAL archived by `wal-push`).
+    Physical,
+}
+
+impl DatabaseSource {
+    /// The engine and source options this source backs up with (`env` reads `password-env`).
+    fn options(
+        &self,
+        engine: Engine,
+        env: crate::config::Env,
+    ) -> Result<crate::backup::SourceOptions> {
+        use crate::backup::SourceOptions;
+        use crate::source::db::{Connection, DbPassword, DbUrl, Origin};
+        if self.mode == DatabaseMode::Physical {
+            return Err(Error::config(
+                "source.mode = \"physical\" is not available yet; use \"logical\"",
+            ));
+        }
+        let (url, _) = DbUrl::parse(engine, &self.url, Origin::Policy)?;
+        let pw = DbPassword {
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+        };
+        let conn = Connection::new(url, &pw, env)?;
+        let (databases, bin_dir, timeout) = (
+            self.databases.clone(),
+            self.client_bin.clone(),
+            self.timeout,
+        );
+        Ok(match engine {
+            Engine::Postgres => SourceOptions::Postgres(crate::source::postgres::PostgresOptions {
+                conn,
+                databases,
+                bin_dir,
+                timeout,
+            }),
+            Engine::Mysql => SourceOptions::Mysql(crate::source::mysql::MysqlOptions {
+                conn,
+                databases,
+                bin_dir,
+                timeout,
+            }),
+        })
+    }
 }
 
 /// A `files` source.
@@ -150,31 +238,80 @@ impl LoadedPolicy {
     /// settings, with what the command line adds. The policy's paths; excludes, includes,
     /// tags and hooks of both (the policy's hooks first); `one-file-system` and
     /// `ignore-inode` if either says so; the policy's compression and name; the rest (full,
-    /// threads, lock wait, cancellation) from `flags`.
+    /// threads, lock wait, cancellation) from `flags`. A database source's password is
+    /// read here (`env` looks up `password-env`).
     pub fn backup_options(
         &self,
         flags: &crate::backup::BackupOptions,
-    ) -> crate::backup::BackupOptions {
+        env: crate::config::Env,
+    ) -> Result<crate::backup::BackupOptions> {
         use crate::backup::SourceOptions;
-        let Source::Files(src) = &self.policy.source;
-        let mut files = match &flags.source {
-            SourceOptions::Files(f) => f.clone(),
-            SourceOptions::Command(_) => Default::default(),
+        let source = match &self.policy.source {
+            Source::Files(src) => {
+                let mut files = match &flags.source {
+                    SourceOptions::Files(f) => f.clone(),
+                    _ => Default::default(),
+                };
+                files.paths = src.paths.clone();
+                files.excludes.extend(src.exclude.iter().cloned());
+                files.includes.extend(src.include.iter().cloned());
+                files.one_file_system |= src.one_file_system;
+                files.ignore_inode |= src.ignore_inode;
+                SourceOptions::Files(files)
+            }
+            Source::Postgres(db) => db.options(Engine::Postgres, env)?,
+            Source::Mysql(db) => db.options(Engine::Mysql, env)?,
         };
-        files.paths = src.paths.clone();
-        files.excludes.extend(src.exclude.iter().cloned());
-        files.includes.extend(src.include.iter().cloned());
-        files.one_file_system |= src.one_file_system;
-        files.ignore_inode |= src.ignore_inode;
         let mut tags = flags.tags.clone();
         tags.extend(self.policy.tags.iter().cloned());
-        crate::backup::BackupOptions {
-            source: SourceOptions::Files(files),
+        Ok(crate::backup::BackupOptions {
+            source,
             tags,
             compression: self.policy.compression,
             policy: Some(self.policy.name.clone()),
             hooks: self.policy.hooks.clone().then(&flags.hooks),
             ..flags.clone()
+        })
+    }
+}
+
+/// Problems of a `postgres`/`mysql` source; makes `password-file` and `client-bin` absolute.
+fn database_problems(
+    db: &mut DatabaseSource,
+    engine: Engine,
+    dir: &Path,
+    err: &mut dyn FnMut(&[&str], String),
+) {
+    use crate::source::db::{DbUrl, Origin};
+    if let Err(e) = DbUrl::parse(engine, &db.url, Origin::Policy) {
+        err(&["source", "url"], e.to_string());
+    }
+    if db.password_env.is_some() && db.password_file.is_some() {
+        err(
+            &["source", "password-file"],
+            "source: give one of password-env and password-file, not both".into(),
+        );
+    }
+    for d in &db.databases {
+        if d.is_empty() || d.contains('/') || d.contains('\0') {
+            err(
+                &["source", "databases"],
+                format!("source.databases: '{d}' is not a database name"),
+            );
+        }
+    }
+    if db.mode == DatabaseMode::Physical && engine == Engine::Mysql {
+        err(
+            &["source", "mode"],
+            "source.mode: physical backups are for PostgreSQL; a mysql source is logical".into(),
+        );
+    }
+    for p in [&mut db.password_file, &mut db.client_bin]
+        .into_iter()
+        .flatten()
+    {
+        if p.is_relative() {
+            *p = dir.join(&*p);
         }
     }
 }
@@ -466,44 +603,51 @@ fn load_checked(path: &Path) -> std::result::Result<LoadedPolicy, Vec<String>> {
             ),
         );
     }
-    let Source::Files(files) = &mut policy.source;
-    if files.paths.is_empty() {
-        err(
-            &["source", "paths"],
-            "source.paths: give at least one path".into(),
-        );
-    }
-    for p in &mut files.paths {
-        if p.as_os_str().is_empty() {
-            err(&["source", "paths"], "source.paths: an empty path".into());
-            continue;
-        }
-        // Normalized as backups record them, so the policy's group is the same whichever
-        // way a path is written (`t1/c/`, `t1/a/../c`).
-        let joined = if p.is_relative() {
-            dir.join(&*p)
-        } else {
-            p.clone()
-        };
-        match crate::source::files::normalize(&joined) {
-            Ok(n) => *p = n,
-            Err(e) => err(
-                &["source", "paths"],
-                format!("source.paths: {}: {e}", joined.display()),
-            ),
-        }
-    }
-    for (key, globs) in [("exclude", &files.exclude), ("include", &files.include)] {
-        for g in globs {
-            if g.trim().is_empty() {
+    match &mut policy.source {
+        Source::Files(files) => {
+            if files.paths.is_empty() {
                 err(
-                    &["source", key],
-                    format!("source.{key}: empty pattern '{g}' (it would match every path)"),
+                    &["source", "paths"],
+                    "source.paths: give at least one path".into(),
                 );
-            } else if let Err(e) = globset::Glob::new(g) {
-                err(&["source", key], format!("invalid glob '{g}': {e}"));
+            }
+            for p in &mut files.paths {
+                if p.as_os_str().is_empty() {
+                    err(&["source", "paths"], "source.paths: an empty path".into());
+                    continue;
+                }
+                // Normalized as backups record them, so the policy's group is the same whichever
+                // way a path is written (`t1/c/`, `t1/a/../c`).
+                let joined = if p.is_relative() {
+                    dir.join(&*p)
+                } else {
+                    p.clone()
+                };
+                match crate::source::files::normalize(&joined) {
+                    Ok(n) => *p = n,
+                    Err(e) => err(
+                        &["source", "paths"],
+                        format!("source.paths: {}: {e}", joined.display()),
+                    ),
+                }
+            }
+            for (key, globs) in [("exclude", &files.exclude), ("include", &files.include)] {
+                for g in globs {
+                    if g.trim().is_empty() {
+                        err(
+                            &["source", key],
+                            format!(
+                                "source.{key}: empty pattern '{g}' (it would match every path)"
+                            ),
+                        );
+                    } else if let Err(e) = globset::Glob::new(g) {
+                        err(&["source", key], format!("invalid glob '{g}': {e}"));
+                    }
+                }
             }
         }
+        Source::Postgres(db) => database_problems(db, Engine::Postgres, dir, &mut err),
+        Source::Mysql(db) => database_problems(db, Engine::Mysql, dir, &mut err),
     }
     if let Some(s) = &policy.schedule {
         for (key, msg) in schedule_problems(s) {

@@ -27,6 +27,7 @@
 //! default) are one flag away once the operator means it.
 
 mod content;
+pub mod database;
 mod directory;
 mod entry;
 pub mod select;

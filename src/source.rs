@@ -7,7 +7,10 @@
 //! backup engine ([`crate::backup`]) owns the rest: lock, parent, commit, snapshot.
 
 pub mod command;
+pub mod db;
 pub mod files;
+pub mod mysql;
+pub mod postgres;
 
 use crate::error::Result;
 use crate::pipeline::Ingest;

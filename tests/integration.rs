@@ -10,6 +10,7 @@ mod integration {
     mod command;
     mod corruption;
     mod crash;
+    mod databases;
     mod dump;
     mod faults;
     mod format;

@@ -278,6 +278,63 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             Ok(())
         }
         Command::Restore {
+            db:
+                db @ super::ToDatabaseArgs {
+                    to_database: Some(url),
+                    ..
+                },
+            repo,
+            latest,
+            snapshot,
+            ..
+        } => {
+            use backstop::restore::database::{self, ToDatabaseOptions};
+            use backstop::source::db::{Connection, DbPassword, DbUrl, Engine, Origin};
+            let engine = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+                Engine::Mysql
+            } else {
+                Engine::Postgres
+            };
+            let (u, warning) = DbUrl::parse(engine, url, Origin::CommandLine)
+                .map_err(|e| e.context("--to-database"))?;
+            if let Some(w) = warning {
+                warn(format_args!("{w}"));
+            }
+            let pw = DbPassword {
+                password_env: db.password_env.clone(),
+                password_file: db.password_file.clone(),
+            };
+            let to = ToDatabaseOptions {
+                conn: Connection::new(u, &pw, &env)?,
+                database: db.database.clone(),
+                force: db.force,
+                bin_dir: db.client_bin.clone(),
+            };
+            let r = ctx.open_repo(repo)?;
+            let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+            let sref = SnapshotRef::new(sid, &snap);
+            let opts = RestoreOptions {
+                retry_lock: retry_lock(repo)?,
+                cancel: backstop::interrupt::token(),
+                ..Default::default()
+            };
+            let _cooperation = backstop::interrupt::cooperate();
+            let o = database::run(&r, sid, &snap, &to, &opts, &NoProgress)?;
+            if json_out {
+                json(&o);
+            } else {
+                outln!(
+                    "restored database '{}' from {sref} into {} ({}{}) in {:.1}s",
+                    o.database,
+                    o.into,
+                    size(o.bytes),
+                    if o.created { ", created" } else { "" },
+                    o.seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Restore {
             to_command: Some(command),
             repo,
             latest,
@@ -670,6 +727,50 @@ fn duration_flag(flag: &str, value: &str) -> Result<std::time::Duration> {
     })
 }
 
+/// The database source `--postgres` or `--mysql` names, its password resolved.
+fn database_source(
+    args: &BackupArgs,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<SourceOptions>> {
+    use backstop::source::db::{Connection, DbPassword, DbUrl, Engine, Origin};
+    let (engine, text) = match (&args.postgres, &args.mysql) {
+        (Some(u), _) => (Engine::Postgres, u),
+        (_, Some(u)) => (Engine::Mysql, u),
+        _ => {
+            if !args.databases.is_empty() {
+                return Err(Error::config(
+                    "--database names a database of --postgres URL or --mysql URL; give one",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let (url, warning) = DbUrl::parse(engine, text, Origin::CommandLine)?;
+    if let Some(w) = warning {
+        warn(format_args!("{w}"));
+    }
+    let pw = DbPassword {
+        password_env: args.password_env.clone(),
+        password_file: args.password_file.clone(),
+    };
+    let conn = Connection::new(url, &pw, &env)?;
+    let (databases, bin_dir) = (args.databases.clone(), args.client_bin.clone());
+    Ok(Some(match engine {
+        Engine::Postgres => SourceOptions::Postgres(backstop::source::postgres::PostgresOptions {
+            conn,
+            databases,
+            bin_dir,
+            timeout,
+        }),
+        Engine::Mysql => SourceOptions::Mysql(backstop::source::mysql::MysqlOptions {
+            conn,
+            databases,
+            bin_dir,
+            timeout,
+        }),
+    }))
+}
+
 fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let files = FilesOptions {
         paths: args.paths.clone(),
@@ -701,7 +802,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
     let (targets, catalog_url) = match &args.policy {
         Some(path) => {
             let lp = policy::load(path)?;
-            opts = lp.backup_options(&opts);
+            opts = lp.backup_options(&opts, &env)?;
             let mut targets = Vec::new();
             for (name, t) in &lp.targets {
                 let storage = ctx.storage(&t.repo)?;
@@ -718,11 +819,13 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             (targets, lp.settings.catalog.map(|c| c.url))
         }
         None => {
-            if let Some(command) = &args.stdin_from_command {
-                let timeout = match &args.timeout {
-                    Some(t) => Some(duration_flag("--timeout", t)?),
-                    None => None,
-                };
+            let timeout = match &args.timeout {
+                Some(t) => Some(duration_flag("--timeout", t)?),
+                None => None,
+            };
+            if let Some(source) = database_source(args, timeout)? {
+                opts.source = source;
+            } else if let Some(command) = &args.stdin_from_command {
                 opts.source = SourceOptions::Command(CommandOptions {
                     command: command.clone(),
                     name: args.stdin_filename.clone(),
@@ -730,7 +833,7 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
                 });
             } else if args.paths.is_empty() {
                 return Err(Error::config(
-                    "nothing to back up: give PATHs, --stdin-from-command COMMAND or --policy FILE",
+                    "nothing to back up: give PATHs, --stdin-from-command COMMAND, --postgres URL, --mysql URL or --policy FILE",
                 ));
             }
             (
@@ -1053,10 +1156,13 @@ fn demo(ctx: &Ctx, policy_path: &Path) -> Result<()> {
     };
     let cat = ctx.recorder(lp.settings.catalog.as_ref().map(|c| c.url.as_str()));
     let token = backstop::interrupt::token();
-    let opts = lp.backup_options(&BackupOptions {
-        cancel: token.clone(),
-        ..Default::default()
-    });
+    let opts = lp.backup_options(
+        &BackupOptions {
+            cancel: token.clone(),
+            ..Default::default()
+        },
+        &env,
+    )?;
     // A signal stops the demo's backup and restore at their next step, locks released.
     let _cooperation = backstop::interrupt::cooperate();
     let b = jobs::backup(&cat, &repo, Some(name), &opts, &NoProgress)?;

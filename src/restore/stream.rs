@@ -67,7 +67,7 @@ enum Selected {
 }
 
 /// The one regular file the plan selects, or an error naming what it selects instead.
-fn select_one(plan: &Plan<'_>, what: &str) -> Result<Item> {
+pub(super) fn select_one(plan: &Plan<'_>, what: &str) -> Result<Item> {
     match select(plan, what)? {
         Selected::File(item) => Ok(item),
         Selected::Dir(item) => Err(Error::config(format!(
@@ -118,7 +118,7 @@ fn select(plan: &Plan<'_>, what: &str) -> Result<Selected> {
 }
 
 /// Copies `item`'s content, in order and verified, to `w`.
-fn copy(
+pub(super) fn copy(
     plan: &Plan<'_>,
     item: &Item,
     w: &mut dyn Write,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Ingest;
 use crate::pipeline::ingest::{Chunking, Counters};
-use crate::repo::{Node, NodeKind, Snapshot, Timestamp, Tree};
+use crate::repo::{Node, NodeKind, Piece, Snapshot, Timestamp, Tree};
 use crate::source::{Read, Source};
 
 /// Lines of standard error kept for the error message.
@@ -78,18 +78,53 @@ impl Source for Command {
 
     fn read(&mut self, ingest: &Ingest, _parent: Option<&Snapshot>) -> Result<Read> {
         let started = Timestamp::now();
-        let mut child = std::process::Command::new(&self.argv[0])
-            .args(&self.argv[1..])
+        let mut cmd = std::process::Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..]);
+        let run = Run {
+            shown: format!("the command '{}'", self.shown()),
+            timeout: self.opts.timeout,
+            one_line: false,
+        };
+        let (content, size) = run.store(ingest, cmd)?;
+        let node = file_node(&self.opts.name, content, size, started);
+        let tree = ingest.store_tree(&Tree { nodes: vec![node] })?;
+        Ok(Read {
+            tree,
+            root: None,
+            read_all: true,
+        })
+    }
+}
+
+/// One command whose standard output becomes one file of a snapshot.
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// What the command is, for messages: "the command 'pg_dump …'", "pg_dump of database 'x'".
+    pub shown: String,
+    /// Stop the command (and the backup) after this long.
+    pub timeout: Option<Duration>,
+    /// Put the last lines of standard error on the error's one line (joined with " | ")
+    /// instead of below it.
+    pub one_line: bool,
+}
+
+impl Run {
+    /// Runs `cmd` (its environment and arguments set; standard input closed here) and
+    /// stores its standard output through `ingest` as it arrives; counts one file read.
+    /// A non-zero exit, a signal, the timeout or cancellation fails with the end of its
+    /// standard error.
+    pub fn store(
+        &self,
+        ingest: &Ingest,
+        mut cmd: std::process::Command,
+    ) -> Result<(Vec<Piece>, u64)> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot run the command '{}'", self.shown()),
-                )
-                .with_source(e)
+                Error::new(ErrorKind::Io, format!("cannot run {}: {e}", self.shown)).with_source(e)
             })?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -104,7 +139,7 @@ impl Source for Command {
         let stored = std::thread::scope(|s| {
             let tail2 = Arc::clone(&tail);
             s.spawn(move || span.in_scope(|| tail2.read_from(stderr, "command stderr")));
-            let (timeout, timed) = (self.opts.timeout, Arc::clone(&timed_out));
+            let (timeout, timed) = (self.timeout, Arc::clone(&timed_out));
             let cancel = ingest.cancel().clone();
             s.spawn(move || span.in_scope(|| watchdog(pid, timeout, ended, &timed, &cancel)));
             let res = ingest.store_stream(stdout, Chunking::Content);
@@ -114,21 +149,29 @@ impl Source for Command {
             }
             res
         });
-        let status = wait(&mut child, self.shown())?;
+        let status = wait(&mut child, &self.shown)?;
         let fail = |why: String| {
-            let msg = format!("the command '{}' {why}", self.shown());
-            Error::new(ErrorKind::Io, tail.append_to(msg, "stderr"))
+            let msg = format!("{} {why}", self.shown);
+            let msg = if self.one_line {
+                match last_lines(&tail.lines().join("\n"), 3) {
+                    l if l.is_empty() => msg,
+                    l => format!("{msg}: {l}"),
+                }
+            } else {
+                tail.append_to(msg, "stderr")
+            };
+            Error::new(ErrorKind::Io, msg)
         };
         if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-            let after = humantime(self.opts.timeout.unwrap_or_default());
+            let after = humantime(self.timeout.unwrap_or_default());
             return Err(fail(format!("timed out after {after} and was stopped")));
         }
         if let Err(e) = ingest.cancel().check() {
-            return Err(e.context(format!("the command '{}' was stopped", self.shown())));
+            return Err(e.context(format!("{} was stopped", self.shown)));
         }
         // A storage failure stopped the command: it is the cause.
         let (content, size) =
-            stored.map_err(|e| e.context(format!("storing the output of '{}'", self.shown())))?;
+            stored.map_err(|e| e.context(format!("storing the output of {}", self.shown)))?;
         if let Some(why) = ended_badly(status) {
             return Err(fail(why));
         }
@@ -136,30 +179,40 @@ impl Source for Command {
         Counters::add(&c.files, 1);
         Counters::add(&c.files_read, 1);
         Counters::add(&c.bytes_total, size);
-        let node = Node {
-            name: serde_bytes::ByteBuf::from(self.opts.name.as_bytes().to_vec()),
-            kind: NodeKind::File,
-            mode: 0o600,
-            uid: nix::unistd::geteuid().as_raw(),
-            gid: nix::unistd::getegid().as_raw(),
-            mtime: started,
-            ctime: started,
-            dev: 0,
-            inode: 0,
-            links: 1,
-            size,
-            rdev: 0,
-            content,
-            subtree: None,
-            target: None,
-            xattrs: Vec::new(),
-        };
-        let tree = ingest.store_tree(&Tree { nodes: vec![node] })?;
-        Ok(Read {
-            tree,
-            root: None,
-            read_all: true,
-        })
+        Ok((content, size))
+    }
+}
+
+/// The last `n` non-blank lines of `text`, trimmed and joined with " | ": a tool's standard
+/// error on one line of an error message.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// The node of a file a source produced (owned by the backup's user, mode 0600).
+pub fn file_node(name: &str, content: Vec<Piece>, size: u64, mtime: Timestamp) -> Node {
+    Node {
+        name: serde_bytes::ByteBuf::from(name.as_bytes().to_vec()),
+        kind: NodeKind::File,
+        mode: 0o600,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mtime,
+        ctime: mtime,
+        dev: 0,
+        inode: 0,
+        links: 1,
+        size,
+        rdev: 0,
+        content,
+        subtree: None,
+        target: None,
+        xattrs: Vec::new(),
     }
 }
 
