@@ -193,6 +193,7 @@ pub fn run_source(
         },
         policy: opts.policy.clone(),
         tags: opts.tags.clone(),
+        wal_start: read.wal_start,
         summary: Summary {
             files: get(&c.files),
             dirs: get(&c.dirs),

@@ -133,6 +133,44 @@ pub enum Command {
     /// snapshot of the same paths on this host are not read again. --full re-reads all.
     /// Every new pack is read back and checked before the snapshot is committed.
     Backup(BackupArgs),
+    /// Archive one PostgreSQL WAL file: archive_command = 'backstop wal-push --repo R %p'.
+    ///
+    /// Returns as soon as the file is durable in the local spool (the data directory's
+    /// wal-spool/), then starts `wal-ship` in the background unless it is running: the
+    /// repository is opened once per batch, not per file. The same file pushed again is
+    /// a success; a file of the same name with other contents is refused.
+    WalPush {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The WAL file (%p).
+        path: PathBuf,
+        /// Do not start wal-ship in the background (run it yourself, or from the daemon).
+        #[arg(long)]
+        no_ship: bool,
+    },
+    /// Ship the WAL spooled by wal-push into the repository now, in batches, until the
+    /// spool is empty (wal-push starts this in the background). Waits for a running
+    /// shipper unless --if-idle.
+    WalShip {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Exit at once when another shipper is running.
+        #[arg(long)]
+        if_idle: bool,
+    },
+    /// Fetch one archived WAL file: restore_command = 'backstop wal-fetch --repo R %f %p'.
+    ///
+    /// Looks in the local spool first, then the repository. A file that is archived
+    /// nowhere exits with status 1 and prints nothing (PostgreSQL asks for files that may
+    /// not exist).
+    WalFetch {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The WAL file's name (%f).
+        name: String,
+        /// Where to write it (%p).
+        path: PathBuf,
+    },
     /// List snapshots.
     Snapshots {
         #[command(flatten)]
@@ -172,10 +210,30 @@ pub enum Command {
             short,
             long,
             value_name = "DIR",
-            required_unless_present_any = ["to_command", "to_database"],
-            conflicts_with_all = ["to_command", "to_database"]
+            required_unless_present_any = ["to_command", "to_database", "to_datadir"],
+            conflicts_with_all = ["to_command", "to_database", "to_datadir"]
         )]
         target: Option<PathBuf>,
+        /// Instead of a directory: unpack a physical PostgreSQL backup (`backup --postgres
+        /// URL --physical`) into this new or empty data directory and set it up to recover
+        /// from the archived WAL (recovery.signal; restore_command running `backstop
+        /// wal-fetch` on this repository), so that `pg_ctl -D DIR start` replays the WAL to
+        /// --to-time or --to-latest and promotes. The copy does not archive (archive_mode
+        /// off) until you configure it to.
+        #[arg(long, value_name = "DIR", conflicts_with = "to_command")]
+        to_datadir: Option<PathBuf>,
+        /// With --to-datadir: stop recovery at this time, e.g. '2026-11-23 08:00:00+00'
+        /// (as PostgreSQL reads recovery_target_time; give the zone).
+        #[arg(
+            long,
+            value_name = "TIME",
+            requires = "to_datadir",
+            conflicts_with = "to_latest"
+        )]
+        to_time: Option<String>,
+        /// With --to-datadir: replay every archived WAL file (the default).
+        #[arg(long, requires = "to_datadir")]
+        to_latest: bool,
         /// Instead of a directory: pipe the content of the one file selected (the
         /// snapshot's only file, or --include PATH) into the standard input of this
         /// command, e.g. 'psql -d app'. The line is split into words as a shell would and
@@ -456,6 +514,11 @@ pub struct BackupArgs {
     /// /usr/lib/postgresql/16/bin for a newer server; default: PATH.
     #[arg(long, value_name = "DIR")]
     pub client_bin: Option<PathBuf>,
+    /// With --postgres: a physical base backup of the whole cluster (pg_basebackup, stored
+    /// as base.tar) instead of dumps. Archive the WAL with `backstop wal-push` for
+    /// point-in-time restores (restore --to-datadir).
+    #[arg(long, requires = "postgres")]
+    pub physical: bool,
     /// Paths to back up.
     pub paths: Vec<PathBuf>,
 }

@@ -34,6 +34,9 @@ pub struct ForgetReport {
     pub decisions: Vec<Forgotten>,
     /// Manifests that could not be read: neither kept nor removed.
     pub skipped: Vec<DamagedSnapshot>,
+    /// Archived WAL batches removed (or, in a dry run, that would be): those no retained
+    /// physical PostgreSQL base backup needs.
+    pub wal_removed: Vec<Id>,
 }
 
 impl ForgetReport {
@@ -112,9 +115,11 @@ pub fn run<Z: TimeZone>(
         }
     };
     let named_only = matches!(sel, Selection::Ids(_));
+    let wal_removed = unneeded_wal(repo, &snaps, &decisions, !skipped.is_empty())?;
     let mut out = ForgetReport {
         decisions: Vec::new(),
         skipped,
+        wal_removed,
     };
     for ((id, snapshot), decision) in snaps.into_iter().zip(decisions) {
         if !decision.keep && !dry_run {
@@ -131,7 +136,41 @@ pub fn run<Z: TimeZone>(
             decision,
         });
     }
+    if !dry_run {
+        for id in &out.wal_removed {
+            cancel.check()?;
+            repo.storage().delete(&format!("wal/{id}"))?;
+        }
+    }
     Ok(out)
+}
+
+/// The archived WAL batches that no kept physical base backup needs: before the oldest kept
+/// one's start segment. None while no base backup is kept, while one of them does not
+/// record its start, or while a manifest could not be read (`damaged`): it may be one.
+fn unneeded_wal(
+    repo: &Repo,
+    snaps: &[(Id, Snapshot)],
+    decisions: &[retention::Decision],
+    damaged: bool,
+) -> Result<Vec<Id>> {
+    let starts: Vec<Option<&String>> = snaps
+        .iter()
+        .zip(decisions)
+        .filter(|((_, s), d)| {
+            d.keep
+                && s.source == "postgres"
+                && s.paths
+                    .iter()
+                    .any(|p| p == crate::source::postgres::BASE_TAR)
+        })
+        .map(|((_, s), _)| s.wal_start.as_ref())
+        .collect();
+    if damaged || starts.is_empty() || starts.contains(&None) {
+        return Ok(Vec::new());
+    }
+    let start = starts.into_iter().flatten().min().expect("not empty");
+    Ok(crate::wal::unneeded(&repo.wal_batches()?, start))
 }
 
 /// Resolves each spec to exactly one snapshot; all must resolve before anything is removed.

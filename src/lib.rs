@@ -24,6 +24,7 @@ pub mod restore;
 pub mod source;
 pub mod storage;
 pub mod verify;
+pub mod wal;
 
 pub use backup::{BackupOptions, BackupOutcome};
 pub use cancel::Cancel;

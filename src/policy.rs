@@ -110,11 +110,6 @@ impl DatabaseSource {
     ) -> Result<crate::backup::SourceOptions> {
         use crate::backup::SourceOptions;
         use crate::source::db::{Connection, DbPassword, DbUrl, Origin};
-        if self.mode == DatabaseMode::Physical {
-            return Err(Error::config(
-                "source.mode = \"physical\" is not available yet; use \"logical\"",
-            ));
-        }
         let (url, _) = DbUrl::parse(engine, &self.url, Origin::Policy)?;
         let pw = DbPassword {
             password_env: self.password_env.clone(),
@@ -132,6 +127,7 @@ impl DatabaseSource {
                 databases,
                 bin_dir,
                 timeout,
+                physical: self.mode == DatabaseMode::Physical,
             }),
             Engine::Mysql => SourceOptions::Mysql(crate::source::mysql::MysqlOptions {
                 conn,

@@ -390,10 +390,12 @@ impl Repo {
             .ok_or_else(|| Error::corrupt(format!("blob {id} is not in the index")))?;
         let (pack, _) = index.pack(e.pack);
         let start = u64::from(e.offset);
+        let path = pack::path(&pack);
         let stored = self
             .storage
-            .read_range(&pack::path(&pack), start..start + u64::from(e.stored_len))?;
+            .read_range(&path, start..start + u64::from(e.stored_len))?;
         pack::open_blob(&stored, &e.header(), &self.crypto)
+            .or_else(|err| reader::reread_blob(self, &path, e).map_err(|_| err))
             .map_err(|err| err.context(format!("pack {}", pack.short())))
     }
 

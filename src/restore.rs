@@ -28,6 +28,7 @@
 
 mod content;
 pub mod database;
+pub mod datadir;
 mod directory;
 mod entry;
 pub mod select;
@@ -337,8 +338,12 @@ pub fn run_to(
     };
     dest.write(&plan, &mut out, progress)?;
     check(&opts.cancel)?;
-    out.failed
-        .extend(walk_failed.iter().map(|(p, r)| (named(p), r.clone())));
+    for (p, r) in &walk_failed {
+        let p = named(p);
+        if !out.failed.iter().any(|(q, _)| *q == p) {
+            out.failed.push((p, r.clone()));
+        }
+    }
     progress.finish();
     Ok(out)
 }

@@ -43,4 +43,6 @@ pub struct Read {
     pub root: Option<Node>,
     /// Whether every byte was read (nothing was taken from the parent).
     pub read_all: bool,
+    /// A base backup's first WAL segment (see [`crate::repo::Snapshot::wal_start`]).
+    pub wal_start: Option<String>,
 }

@@ -25,4 +25,5 @@ mod integration {
     mod roundtrip;
     mod security;
     mod storage;
+    mod wal;
 }

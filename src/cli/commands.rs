@@ -207,6 +207,21 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             Ok(())
         }
         Command::Backup(args) => backup(&ctx, args),
+        Command::WalPush {
+            repo,
+            path,
+            no_ship,
+        } => wal_push(&ctx, repo, path, *no_ship),
+        Command::WalShip { repo, if_idle } => wal_ship(&ctx, repo, *if_idle),
+        Command::WalFetch { repo, name, path } => wal_fetch(&ctx, repo, name, path),
+        Command::Restore {
+            to_datadir: Some(dir),
+            repo,
+            latest,
+            snapshot,
+            to_time,
+            ..
+        } => restore_datadir(&ctx, repo, latest, snapshot, dir, to_time.as_deref()),
         Command::Snapshots { repo } => {
             let r = ctx.open_repo(repo)?;
             let snaps = r.snapshots()?;
@@ -761,6 +776,7 @@ fn database_source(
             databases,
             bin_dir,
             timeout,
+            physical: args.physical,
         }),
         Engine::Mysql => SourceOptions::Mysql(backstop::source::mysql::MysqlOptions {
             conn,
@@ -1336,7 +1352,7 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
         let removed = rep.removed().len();
         skipped += rep.skipped.len();
         if ctx.cli.global.json {
-            all_json.push(json!({"target": name, "location": r.storage().location(), "decisions": rep.decisions, "skipped": rep.skipped}));
+            all_json.push(json!({"target": name, "location": r.storage().location(), "decisions": rep.decisions, "skipped": rep.skipped, "wal_removed": rep.wal_removed}));
         } else {
             if repos.len() > 1 || lp.is_some() {
                 outln!("{name} ({}):", r.storage().location());
@@ -1361,6 +1377,12 @@ fn forget(ctx: &Ctx, a: &ForgetArgs) -> Result<()> {
             table(&["ID", "Time", "Host", "Paths", "Decision"], &rows);
             let verb = if a.dry_run { "would remove" } else { "removed" };
             outln!("{verb} {removed} of {} snapshot(s)", rep.decisions.len());
+            if !rep.wal_removed.is_empty() {
+                outln!(
+                    "{verb} {} archived WAL batch(es) that no kept base backup needs",
+                    rep.wal_removed.len()
+                );
+            }
             for d in &rep.skipped {
                 outln!(
                     "skipped damaged manifest {} (neither kept nor removed): {}",
@@ -1532,4 +1554,213 @@ fn print_prune(rep: &PruneReport, dry_run: bool, json_out: bool) {
             rep.unmarked
         );
     }
+}
+
+/// The data directory (for the WAL spool).
+fn data_dir(ctx: &Ctx) -> std::path::PathBuf {
+    ctx.cli
+        .global
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config::default_data_dir(&env))
+}
+
+fn wal_spool(ctx: &Ctx, repo: &RepoArgs) -> Result<backstop::wal::Spool> {
+    Ok(backstop::wal::Spool::for_repo(
+        &data_dir(ctx),
+        Ctx::repo_location(repo)?,
+    ))
+}
+
+/// `backstop ARGS` for a command run by PostgreSQL or in the background: this binary, the
+/// repository and where its password and data directory come from.
+fn self_command(ctx: &Ctx, repo: &RepoArgs, sub: &str) -> Result<Vec<String>> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::new(ErrorKind::Io, "cannot find the backstop binary").with_source(e))?;
+    let mut argv = vec![exe.to_string_lossy().into_owned(), sub.to_string()];
+    argv.extend(["--repo".into(), Ctx::repo_location(repo)?.to_string()]);
+    argv.extend([
+        "--data-dir".into(),
+        data_dir(ctx).to_string_lossy().into_owned(),
+    ]);
+    if let Some(f) = &repo.password_file {
+        argv.extend(["--password-file".into(), f.to_string_lossy().into_owned()]);
+    }
+    if let Some(c) = &repo.password_command {
+        argv.extend(["--password-command".into(), c.clone()]);
+    }
+    Ok(argv)
+}
+
+fn wal_push(ctx: &Ctx, repo: &RepoArgs, path: &Path, no_ship: bool) -> Result<()> {
+    let spool = wal_spool(ctx, repo)?;
+    let pushed = backstop::wal::push(&spool, path)
+        .map_err(|e| e.context(format!("wal-push {}", path.display())))?;
+    if !no_ship && spool.try_lock()?.is_some() {
+        // No shipper runs (the lock is free): start one, detached from PostgreSQL's
+        // process group, logging to the spool. It takes the lock itself; a push that
+        // loses the race is picked up by the shipper's last look at the spool.
+        let argv = self_command(ctx, repo, "wal-ship")?;
+        let log_path = spool.dir().join("ship.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| {
+                Error::new(ErrorKind::Io, format!("opening {}", log_path.display())).with_source(e)
+            })?;
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .arg("--if-idle")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                Error::new(ErrorKind::Io, "cannot start wal-ship in the background").with_source(e)
+            })?;
+    }
+    if ctx.cli.global.json {
+        json(&json!({"path": path, "pushed": pushed}));
+    }
+    Ok(())
+}
+
+fn wal_ship(ctx: &Ctx, repo: &RepoArgs, if_idle: bool) -> Result<()> {
+    let spool = wal_spool(ctx, repo)?;
+    let cancel = backstop::interrupt::token();
+    let mut total = backstop::wal::Shipped::default();
+    let mut opened: Option<Repo> = None;
+    loop {
+        let lock = loop {
+            if let Some(l) = spool.try_lock()? {
+                break l;
+            }
+            if if_idle {
+                return Ok(());
+            }
+            cancel.check()?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        if spool.waiting()?.is_empty() {
+            break;
+        }
+        if opened.is_none() {
+            opened = Some(ctx.open_repo(repo)?);
+        }
+        let r = opened.as_ref().expect("opened above");
+        // In the background, linger a little for the next segments: one repository open
+        // then serves a burst of them.
+        let linger = std::time::Duration::from_secs(if if_idle { 2 } else { 0 });
+        loop {
+            let s = backstop::wal::ship(r, &spool, &cancel)?;
+            total.batches += s.batches;
+            total.segments += s.segments;
+            total.bytes += s.bytes;
+            let until = std::time::Instant::now() + linger;
+            while spool.waiting()?.is_empty() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if spool.waiting()?.is_empty() {
+                break;
+            }
+        }
+        drop(lock);
+        // A push that found the lock held while we were finishing relies on this look.
+        if spool.waiting()?.is_empty() {
+            break;
+        }
+    }
+    if ctx.cli.global.json {
+        json(&total);
+    } else if total.segments > 0 {
+        outln!(
+            "shipped {} WAL file(s), {}, in {} batch(es)",
+            total.segments,
+            size(total.bytes),
+            total.batches
+        );
+    }
+    Ok(())
+}
+
+fn wal_fetch(ctx: &Ctx, repo: &RepoArgs, name: &str, path: &Path) -> Result<()> {
+    let spool = wal_spool(ctx, repo)?;
+    let found = backstop::wal::fetch(
+        &spool,
+        || ctx.open_repo(repo),
+        name,
+        path,
+        &backstop::interrupt::token(),
+    )
+    .map_err(|e| e.context(format!("wal-fetch {name}")))?;
+    if found == backstop::wal::Fetched::Missing {
+        // PostgreSQL probes for files that do not exist: status 1, nothing printed.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn restore_datadir(
+    ctx: &Ctx,
+    repo: &RepoArgs,
+    latest: &LatestArgs,
+    snapshot: &str,
+    dir: &Path,
+    to_time: Option<&str>,
+) -> Result<()> {
+    use backstop::restore::datadir::{self, DatadirOptions, RecoveryTarget};
+    let r = ctx.open_repo(repo)?;
+    let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+    let mut argv = self_command(ctx, repo, "wal-fetch")?;
+    argv.extend(["%f".into(), "%p".into()]);
+    // %f and %p must reach PostgreSQL unquoted; everything else is quoted for its shell.
+    let restore_command = argv
+        .iter()
+        .map(|a| {
+            if a == "%f" || a == "%p" {
+                a.clone()
+            } else {
+                shell_words::quote(a).into_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if std::env::var_os("BACKSTOP_PASSWORD").is_some()
+        && repo.password_file.is_none()
+        && repo.password_command.is_none()
+    {
+        warn(format_args!(
+            "the password came from BACKSTOP_PASSWORD: start the server with it set, or \
+             give --password-file so restore_command can open the repository"
+        ));
+    }
+    let opts = DatadirOptions {
+        dir: dir.to_path_buf(),
+        target: match to_time {
+            Some(t) => RecoveryTarget::Time(t.to_string()),
+            None => RecoveryTarget::Latest,
+        },
+        restore_command,
+        cancel: backstop::interrupt::token(),
+    };
+    let _cooperation = backstop::interrupt::cooperate();
+    let o = datadir::to_datadir(&r, sid, &snap, &opts)?;
+    if ctx.cli.global.json {
+        json(&o);
+    } else {
+        outln!(
+            "restored base backup {} into {}: {} files, {} in {:.1}s; start it with `pg_ctl -D {} start` to recover to {}",
+            sid.short(),
+            dir.display(),
+            o.files,
+            size(o.bytes),
+            o.seconds,
+            dir.display(),
+            to_time.unwrap_or("the end of the archived WAL")
+        );
+    }
+    Ok(())
 }

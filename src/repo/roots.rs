@@ -1,7 +1,7 @@
 //! What the repository keeps, and the one walk from it to every blob it reaches.
 //!
-//! A root is an object that keeps trees alive: a snapshot manifest today; archived WAL and
-//! drill evidence later, each one more [`RootKind`] listed by [`Repo::roots`]. Prune keeps
+//! A root is an object that keeps trees alive: a snapshot manifest, a batch of archived WAL
+//! ([`crate::wal`]); drill evidence later, each one more [`RootKind`] listed by [`Repo::roots`]. Prune keeps
 //! what [`reachable`] returns, verify checks what [`Walk`] visits, and nothing else walks
 //! trees to decide what is referenced, so a new kind of root is kept everywhere at once.
 //!
@@ -28,6 +28,8 @@ const BATCH_TREES: usize = 512;
 pub enum RootKind {
     /// A snapshot manifest (`snapshots/<id>`).
     Snapshot,
+    /// A batch of archived PostgreSQL WAL (`wal/<id>`, see [`crate::wal`]).
+    Wal,
 }
 
 /// One object that keeps a tree (and everything below it) alive.
@@ -35,7 +37,7 @@ pub enum RootKind {
 pub struct Root {
     /// What it is.
     pub kind: RootKind,
-    /// Its object id (the snapshot id).
+    /// Its object id (the snapshot or WAL batch id).
     pub id: Id,
     /// The tree it keeps.
     pub tree: Id,
@@ -51,19 +53,26 @@ pub struct Roots {
 }
 
 impl Repo {
-    /// Lists every root: snapshot manifests today.
+    /// Lists every root: snapshot manifests and archived WAL batches. A WAL batch that
+    /// cannot be read is an error (what it keeps is unknown, and prune must not guess).
     pub fn roots(&self) -> Result<Roots> {
         let list = self.snapshots()?;
+        let mut roots: Vec<Root> = list
+            .snapshots
+            .iter()
+            .map(|(id, s)| Root {
+                kind: RootKind::Snapshot,
+                id: *id,
+                tree: s.tree,
+            })
+            .collect();
+        roots.extend(self.wal_batches()?.into_iter().map(|(id, b)| Root {
+            kind: RootKind::Wal,
+            id,
+            tree: b.tree,
+        }));
         Ok(Roots {
-            roots: list
-                .snapshots
-                .iter()
-                .map(|(id, s)| Root {
-                    kind: RootKind::Snapshot,
-                    id: *id,
-                    tree: s.tree,
-                })
-                .collect(),
+            roots,
             damaged: list.damaged,
         })
     }

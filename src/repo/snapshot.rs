@@ -89,6 +89,10 @@ pub struct Snapshot {
     /// Free-form tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// A physical PostgreSQL base backup's first WAL segment (at or before the one its
+    /// recovery starts from): archived WAL before it is of no use to this snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_start: Option<String>,
     /// Counters.
     pub summary: Summary,
     /// Program that wrote it.

@@ -82,6 +82,13 @@ pub fn run(
             to.conn.url.shown()
         )));
     }
+    if snap.paths.iter().any(|p| p == postgres::BASE_TAR) {
+        return Err(Error::config(format!(
+            "snapshot {} is a physical base backup of a whole cluster: restore it with \
+             --to-datadir DIR (and start that with pg_ctl)",
+            id.short()
+        )));
+    }
     let suffix = match engine {
         Engine::Postgres => postgres::SUFFIX,
         Engine::Mysql => mysql::SUFFIX,

@@ -226,7 +226,14 @@ impl Destination for Directory {
         for (path, node) in dirs.iter().rev() {
             entry::apply_metadata(path, node, path, &mut out.warnings);
         }
-        // What the walk could not read was named by the plan (the same walk).
+        // What this walk could not read: the plan's walk may have read it (a transient
+        // fault), so it is named here too (the engine drops what both name).
+        let shown = self.target.display();
+        out.failed.extend(
+            walk.failed
+                .drain(..)
+                .map(|(p, r)| (format!("{shown}{p}"), r)),
+        );
         Ok(())
     }
 }

@@ -224,6 +224,7 @@ mod tests {
             kind: crate::repo::BackupKind::Full,
             policy: None,
             tags: vec![],
+            wal_start: None,
             summary: Default::default(),
             program: "t".into(),
         }

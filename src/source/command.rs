@@ -92,6 +92,7 @@ impl Source for Command {
             tree,
             root: None,
             read_all: true,
+            wal_start: None,
         })
     }
 }

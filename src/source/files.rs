@@ -102,6 +102,7 @@ impl Source for Files {
             tree,
             root,
             read_all: parent.is_none(),
+            wal_start: None,
         })
     }
 }

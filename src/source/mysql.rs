@@ -133,6 +133,7 @@ impl Source for Mysql {
             tree,
             root: None,
             read_all: true,
+            wal_start: None,
         })
     }
 }

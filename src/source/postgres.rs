@@ -1,5 +1,7 @@
-//! The `postgres` source, logical mode: `pg_dumpall --globals-only` as `globals.sql` and,
+//! The `postgres` source. Logical mode: `pg_dumpall --globals-only` as `globals.sql` and,
 //! per database, `pg_dump --format=custom --compress=0` as `<db>.pgdump`, in one snapshot.
+//! Physical mode: one base backup of the whole cluster, `pg_basebackup --format=tar -D -`,
+//! as `base.tar` (see [`BASE_TAR`]).
 //!
 //! Every dump streams into the pipeline as `pg_dump` writes it (no temporary file) through
 //! [`Run::store`], the runner of the `command` source. The dumps are uncompressed so that
@@ -28,6 +30,16 @@ use crate::source::{Read, Source};
 pub const GLOBALS: &str = "globals.sql";
 /// The suffix of a database's dump file.
 pub const SUFFIX: &str = ".pgdump";
+/// The file of a physical base backup.
+///
+/// `pg_basebackup` cannot stream the WAL (`--wal-method=stream`, which writes `pg_wal.tar`
+/// beside `base.tar`) when the tar goes to standard output, so the WAL that makes the backup
+/// consistent is fetched at its end (`-X fetch`) into the same tar: the snapshot is one
+/// streamed file, chunked by content as it arrives (no temporary directory), so relation
+/// files that did not change deduplicate. WAL after the backup comes from `wal-push`
+/// ([`crate::wal`]); `restore --to-datadir` unpacks it and points `restore_command` at
+/// `wal-fetch`.
+pub const BASE_TAR: &str = "base.tar";
 
 /// What to dump from a PostgreSQL server.
 #[derive(Clone, Debug)]
@@ -40,6 +52,8 @@ pub struct PostgresOptions {
     pub bin_dir: Option<PathBuf>,
     /// Stop a dump (and the backup) after this long.
     pub timeout: Option<Duration>,
+    /// A physical base backup of the cluster instead of dumps (`databases` must be empty).
+    pub physical: bool,
 }
 
 /// The `postgres` source, connected and its databases listed.
@@ -53,10 +67,15 @@ impl Postgres {
     /// Checks the tools and the server, and lists the databases to dump.
     pub fn open(opts: PostgresOptions, host: &str) -> Result<Postgres> {
         let shown = opts.conn.url.server().shown();
-        let tool = tool(&opts.bin_dir, "pg_dump");
-        let version = output(&opts, &tool, &["--version"], None)
-            .map_err(|e| e.context(format!("checking pg_dump for {shown}")))?;
-        let dump_major = major(&version).ok_or_else(|| {
+        let name = if opts.physical {
+            "pg_basebackup"
+        } else {
+            "pg_dump"
+        };
+        let tool = tool(&opts.bin_dir, name);
+        let version = output(&tool, &["--version"], None)
+            .map_err(|e| e.context(format!("checking {name} for {shown}")))?;
+        let tool_major = major(&version).ok_or_else(|| {
             Error::config(format!(
                 "{} --version printed '{}', not a PostgreSQL version",
                 tool.display(),
@@ -67,18 +86,29 @@ impl Postgres {
         let db0 = opts.conn.url.database.clone().unwrap_or("postgres".into());
         let server = query(&opts, &db0, "SHOW server_version_num")
             .map_err(|e| e.context(format!("connecting to {shown}")))?;
-        let server_num: u32 = server.trim().parse().unwrap_or(0);
-        if server_num / 10000 > dump_major {
+        let server_major = server.trim().parse::<u32>().unwrap_or(0) / 10000;
+        if server_major > tool_major {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
-                    "{} is version {dump_major}, older than the server at {shown} (version {}): \
-                     it cannot dump it; use the client tools of version {} or later (--client-bin DIR)",
+                    "{} is version {tool_major}, older than the server at {shown} (version \
+                     {server_major}): it cannot back it up; use the client tools of version \
+                     {server_major} or later (--client-bin DIR)",
                     tool.display(),
-                    server_num / 10000,
-                    server_num / 10000
                 ),
             ));
+        }
+        if opts.physical {
+            if !opts.databases.is_empty() {
+                return Err(Error::config(
+                    "a physical backup copies the whole cluster: name no --database",
+                ));
+            }
+            return Ok(Postgres {
+                opts,
+                host: host.to_string(),
+                databases: Vec::new(),
+            });
         }
         let all = query(
             &opts,
@@ -99,6 +129,47 @@ impl Postgres {
     pub fn databases(&self) -> &[String] {
         &self.databases
     }
+
+    /// A physical backup: `pg_basebackup`'s tar stream stored as [`BASE_TAR`].
+    fn base_backup(&self, ingest: &Ingest) -> Result<Read> {
+        let started = Timestamp::now();
+        // The segment being written now: the backup's start checkpoint comes after it, so
+        // its recovery needs nothing before it. A standby cannot say (`None`: keep all).
+        let db0 = self.opts.conn.url.database.as_deref().unwrap_or("postgres");
+        let wal_start = query(
+            &self.opts,
+            db0,
+            "SELECT pg_walfile_name(pg_current_wal_lsn()) WHERE NOT pg_is_in_recovery()",
+        )?
+        .trim()
+        .to_string();
+        let wal_start = crate::wal::is_segment(&wal_start).then_some(wal_start);
+        let mut cmd = std::process::Command::new(tool(&self.opts.bin_dir, "pg_basebackup"));
+        self.opts.conn.apply(&mut cmd);
+        cmd.args([
+            "-D",
+            "-",
+            "--format=tar",
+            "--wal-method=fetch",
+            "--checkpoint=fast",
+            "--label=backstop",
+            "--no-password",
+        ]);
+        let run = Run {
+            shown: format!("pg_basebackup of {}", self.opts.conn.url.server().shown()),
+            timeout: self.opts.timeout,
+            one_line: true,
+        };
+        let (content, size) = run.store(ingest, cmd)?;
+        tracing::info!("base backup: {size} bytes");
+        let node = file_node(BASE_TAR, content, size, started);
+        Ok(Read {
+            tree: ingest.store_tree(&Tree { nodes: vec![node] })?,
+            root: None,
+            read_all: true,
+            wal_start,
+        })
+    }
 }
 
 impl Source for Postgres {
@@ -107,12 +178,18 @@ impl Source for Postgres {
     }
 
     fn paths(&self) -> Vec<String> {
+        if self.opts.physical {
+            return vec![BASE_TAR.to_string()];
+        }
         let mut p = vec![GLOBALS.to_string()];
         p.extend(self.databases.iter().map(|d| format!("{d}{SUFFIX}")));
         p
     }
 
     fn key(&self) -> String {
+        if self.opts.physical {
+            return source_key(&self.host, &self.opts.conn, &["physical".into()], &[]);
+        }
         source_key(
             &self.host,
             &self.opts.conn,
@@ -122,6 +199,9 @@ impl Source for Postgres {
     }
 
     fn read(&mut self, ingest: &Ingest, _parent: Option<&Snapshot>) -> Result<Read> {
+        if self.opts.physical {
+            return self.base_backup(ingest);
+        }
         let shown = self.opts.conn.url.server().shown();
         let mut nodes = Vec::new();
         let started = Timestamp::now();
@@ -157,6 +237,7 @@ impl Source for Postgres {
             tree,
             root: None,
             read_all: true,
+            wal_start: None,
         })
     }
 }
@@ -192,7 +273,6 @@ fn query(opts: &PostgresOptions, db: &str, sql: &str) -> Result<String> {
     let psql = tool(&opts.bin_dir, "psql");
     let conn = opts.conn.with_database(db);
     output(
-        opts,
         &psql,
         &[&PSQL_QUERY[..], &["-c", sql]].concat(),
         Some(&conn),
@@ -202,7 +282,6 @@ fn query(opts: &PostgresOptions, db: &str, sql: &str) -> Result<String> {
 /// Runs `tool` with `args` (and the connection's environment) and returns its standard
 /// output; a failure gives the last line of its standard error.
 pub(crate) fn output(
-    _opts: &PostgresOptions,
     tool: &std::path::Path,
     args: &[&str],
     conn: Option<&Connection>,

@@ -548,6 +548,7 @@ fn verify_reports_unsafe_and_duplicate_entry_names() {
                 kind: BackupKind::Full,
                 policy: None,
                 tags: vec![],
+                wal_start: None,
                 summary: Default::default(),
                 program: "crafted".into(),
             })

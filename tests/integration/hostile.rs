@@ -102,6 +102,7 @@ pub fn craft(env: &Env, trees: Vec<Tree>, data: &[u8]) -> Id {
         kind: BackupKind::Full,
         policy: None,
         tags: vec![],
+        wal_start: None,
         summary: Default::default(),
         program: "crafted".into(),
     })

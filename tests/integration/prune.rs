@@ -391,10 +391,14 @@ fn a_backup_frozen_past_its_lock_expiry_never_commits_pruned_data() {
     for i in 0..10 {
         write(&src.join(format!("new{i}.bin")), &noise(500 + i, 6 << 20));
     }
-    // A backup is frozen (SIGSTOP) mid-way, past its 6 s lock's expiry.
+    // A backup is frozen (SIGSTOP) mid-way, past its 6 s lock's expiry. Every storage
+    // request of it takes 300 ms longer, so that it is still running when it is frozen.
     let mut backup = env.spawn(
         &["backup", src.to_str().unwrap()],
-        &[("BACKSTOP_LOCK_TTL", "6")],
+        &[
+            ("BACKSTOP_LOCK_TTL", "6"),
+            ("BACKSTOP_FAULTS", "delay=300ms"),
+        ],
     );
     wait_for_a_lock(&env);
     std::thread::sleep(std::time::Duration::from_millis(300)); // some packs uploaded

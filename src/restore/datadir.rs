@@ -1,0 +1,282 @@
+//! Restore of a physical PostgreSQL base backup into a data directory, set up to recover.
+//!
+//! `base.tar` is read in order through [`Repo::content_reader`] (every chunk checked) and
+//! unpacked into the directory, which must be new or empty. Only directories and regular
+//! files are accepted, each name made of normal components (no `..`, no absolute path),
+//! every file created with `O_EXCL | O_NOFOLLOW` below directories this restore made: so
+//! nothing is written outside the directory whatever the repository holds. A tablespace
+//! (a symlink under `pg_tblspc/`) is refused with a clear error.
+//!
+//! Then the recovery settings: `recovery.signal`, and in `postgresql.auto.conf` (which
+//! wins over `postgresql.conf`) `restore_command` running `backstop wal-fetch`, the
+//! target (`recovery_target_time` with `recovery_target_action = 'promote'`, or none for
+//! the end of the archived WAL), and `archive_mode = 'off'`: a restored copy must not
+//! archive a new timeline into the repository of the cluster it was copied from unless
+//! the operator decides so (pgBackRest's `--archive-mode=off`). A failed restore removes
+//! what it unpacked, so nothing half-restored is left looking like a data directory.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::cancel::Cancel;
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::{Id, Repo, Snapshot};
+use crate::source::postgres::BASE_TAR;
+
+/// Where recovery stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay every archived WAL file, then promote.
+    Latest,
+    /// Stop at this time (as PostgreSQL parses it, e.g. `2026-11-23 08:00:00+00`), then
+    /// promote.
+    Time(String),
+}
+
+/// How to prepare the data directory.
+#[derive(Clone, Debug)]
+pub struct DatadirOptions {
+    /// The data directory (created if missing; must be empty).
+    pub dir: PathBuf,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// The `restore_command` to write (`%f` and `%p` as PostgreSQL expands them).
+    pub restore_command: String,
+    /// Stops the restore once cancelled (what was unpacked is removed).
+    pub cancel: Cancel,
+}
+
+/// What a data directory restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatadirOutcome {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Files unpacked.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+fn io(e: std::io::Error, what: String) -> Error {
+    Error::new(ErrorKind::Io, what).with_source(e)
+}
+
+/// Unpacks the base backup of `snap` into `opts.dir` and writes the recovery settings.
+pub fn to_datadir(
+    repo: &Repo,
+    id: Id,
+    snap: &Snapshot,
+    opts: &DatadirOptions,
+) -> Result<DatadirOutcome> {
+    let started = std::time::Instant::now();
+    let dir = &opts.dir;
+    if super::target_is_nonempty(dir) {
+        return Err(Error::config(format!(
+            "{} is not empty: --to-datadir needs a new or empty directory",
+            dir.display()
+        )));
+    }
+    if snap.source != "postgres" || !snap.paths.iter().any(|p| p == BASE_TAR) {
+        return Err(Error::config(format!(
+            "snapshot {} is not a physical PostgreSQL backup (made by `backup --postgres URL \
+             --physical`)",
+            id.short()
+        )));
+    }
+    let index = Arc::new(repo.load_index()?);
+    let tree = repo.load_tree(&index, &snap.tree)?;
+    let node = tree
+        .nodes
+        .iter()
+        .find(|n| n.name.as_slice() == BASE_TAR.as_bytes())
+        .ok_or_else(|| Error::corrupt(format!("snapshot {} holds no {BASE_TAR}", id.short())))?;
+    let pieces = repo.expand_content(&index, &node.content)?;
+    let created = !dir.exists();
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io(e, format!("creating {}", dir.display())))?;
+    let reader = repo.content_reader(index, pieces, 4, &opts.cancel);
+    let res = unpack(reader, dir, &opts.cancel).and_then(|(files, bytes)| {
+        write_recovery(dir, opts)?;
+        Ok((files, bytes))
+    });
+    match res {
+        Ok((files, bytes)) => Ok(DatadirOutcome {
+            dir: dir.clone(),
+            files,
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+        }),
+        Err(e) => {
+            // Nothing half-restored is left looking like a data directory.
+            clear(dir, created);
+            Err(e.context(format!("restoring {} into {}", id.short(), dir.display())))
+        }
+    }
+}
+
+fn clear(dir: &Path, created: bool) {
+    if created {
+        let _ = std::fs::remove_dir_all(dir);
+    } else if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// The relative path of a tar entry, if every component is a normal name.
+fn safe_path(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+fn unpack(reader: impl std::io::Read, dir: &Path, cancel: &Cancel) -> Result<(u64, u64)> {
+    let mut ar = tar::Archive::new(reader);
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let bad = |e: std::io::Error| -> Error {
+        // The content reader's own errors (corruption, interruption) come through io.
+        match e.into_inner() {
+            Some(inner) => match inner.downcast::<Error>() {
+                Ok(e) => *e,
+                Err(other) => Error::corrupt(format!("{BASE_TAR} is not a valid tar: {other}")),
+            },
+            None => Error::corrupt(format!("{BASE_TAR} is not a valid tar")),
+        }
+    };
+    for entry in ar.entries().map_err(bad)? {
+        cancel.check()?;
+        let mut entry = entry.map_err(bad)?;
+        let raw = entry.path().map_err(bad)?.into_owned();
+        let shown = raw.display().to_string();
+        let rel = safe_path(&raw).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsafe,
+                format!("{BASE_TAR} holds an unsafe path '{shown}'; refusing to unpack it"),
+            )
+        })?;
+        let target = dir.join(&rel);
+        let mode = entry.header().mode().unwrap_or(0o600) & 0o700;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&target)
+                    .map_err(|e| io(e, format!("creating {}", target.display())))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| io(e, format!("creating {}", parent.display())))?;
+                }
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(mode | 0o600)
+                    .open(&target)
+                    .map_err(|e| io(e, format!("creating {}", target.display())))?;
+                let n = std::io::copy(&mut entry, &mut f).map_err(|e| {
+                    let e = bad(e);
+                    if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::Interrupted {
+                        e
+                    } else {
+                        e.context(format!("writing {}", target.display()))
+                    }
+                })?;
+                f.sync_all()
+                    .map_err(|e| io(e, format!("writing {}", target.display())))?;
+                files += 1;
+                bytes += n;
+            }
+            tar::EntryType::Symlink if rel.starts_with("pg_tblspc") => {
+                return Err(Error::config(format!(
+                    "the base backup has a tablespace ({shown}); --to-datadir restores \
+                     clusters without tablespaces only"
+                )));
+            }
+            t => {
+                return Err(Error::new(
+                    ErrorKind::Unsafe,
+                    format!(
+                        "{BASE_TAR} holds '{shown}' of type {t:?}; only directories and files are restored"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
+/// Quotes a value for postgresql.conf.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+fn write_recovery(dir: &Path, opts: &DatadirOptions) -> Result<()> {
+    let mut conf = String::from(
+        "\n# Written by `backstop restore --to-datadir`: recover from the archived WAL.\n",
+    );
+    conf.push_str(&format!(
+        "restore_command = {}\n",
+        quote(&opts.restore_command)
+    ));
+    match &opts.target {
+        RecoveryTarget::Latest => {}
+        RecoveryTarget::Time(t) => {
+            conf.push_str(&format!("recovery_target_time = {}\n", quote(t)));
+            conf.push_str("recovery_target_action = 'promote'\n");
+        }
+    }
+    conf.push_str(
+        "# A restored copy does not archive into the repository of the cluster it was\n\
+         # copied from; set archive_mode and archive_command when it is to take over.\n\
+         archive_mode = 'off'\n",
+    );
+    let auto = dir.join("postgresql.auto.conf");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&auto)
+        .map_err(|e| io(e, format!("writing {}", auto.display())))?;
+    f.write_all(conf.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io(e, format!("writing {}", auto.display())))?;
+    let signal = dir.join("recovery.signal");
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&signal)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(e, format!("writing {}", signal.display())))
+}
