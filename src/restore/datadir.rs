@@ -152,8 +152,80 @@ fn safe_path(p: &Path) -> Option<PathBuf> {
     (!out.as_os_str().is_empty()).then_some(out)
 }
 
+/// Files being made durable while the unpacking goes on: `sync_all` runs on a few threads
+/// (one `fsync` at a time in the unpacking thread would leave the disk's queue nearly
+/// empty), with a bounded queue so that only a few files are open at once.
+struct Syncer {
+    queue: Option<crossbeam_channel::Sender<(std::fs::File, PathBuf)>>,
+    workers: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Syncer {
+    fn new(threads: usize) -> Syncer {
+        let (tx, rx) = crossbeam_channel::bounded::<(std::fs::File, PathBuf)>(64);
+        let workers = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    for (f, path) in rx {
+                        f.sync_all()
+                            .map_err(|e| io(e, format!("writing {}", path.display())))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Syncer {
+            queue: Some(tx),
+            workers,
+        }
+    }
+
+    /// Queues `f` (at `path`) to be synced; fails if a worker failed.
+    fn sync(&self, f: std::fs::File, path: PathBuf) -> Result<()> {
+        let q = self.queue.as_ref().expect("open until finish");
+        q.send((f, path))
+            .map_err(|_| Error::new(ErrorKind::Io, "a file could not be made durable"))
+    }
+
+    /// Waits until every queued file is synced.
+    fn finish(mut self) -> Result<()> {
+        self.queue = None;
+        let mut res = Ok(());
+        for w in self.workers.drain(..) {
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "an fsync worker panicked")));
+            res = res.and(r);
+        }
+        res
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.queue = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 fn unpack(reader: impl std::io::Read, dir: &Path, cancel: &Cancel) -> Result<(u64, u64)> {
+    let syncer = Syncer::new(4);
+    let counts = unpack_into(reader, dir, cancel, &syncer)?;
+    syncer.finish()?;
+    Ok(counts)
+}
+
+fn unpack_into(
+    reader: impl std::io::Read,
+    dir: &Path,
+    cancel: &Cancel,
+    syncer: &Syncer,
+) -> Result<(u64, u64)> {
     let mut ar = tar::Archive::new(reader);
+    let mut buf = vec![0u8; 1 << 20];
     let (mut files, mut bytes) = (0u64, 0u64);
     let bad = |e: std::io::Error| -> Error {
         // The content reader's own errors (corruption, interruption) come through io.
@@ -201,16 +273,17 @@ fn unpack(reader: impl std::io::Read, dir: &Path, cancel: &Cancel) -> Result<(u6
                     .mode(mode | 0o600)
                     .open(&target)
                     .map_err(|e| io(e, format!("creating {}", target.display())))?;
-                let n = std::io::copy(&mut entry, &mut f).map_err(|e| {
-                    let e = bad(e);
-                    if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::Interrupted {
-                        e
-                    } else {
-                        e.context(format!("writing {}", target.display()))
+                let mut n = 0u64;
+                loop {
+                    let got = std::io::Read::read(&mut entry, &mut buf).map_err(bad)?;
+                    if got == 0 {
+                        break;
                     }
-                })?;
-                f.sync_all()
-                    .map_err(|e| io(e, format!("writing {}", target.display())))?;
+                    f.write_all(&buf[..got])
+                        .map_err(|e| io(e, format!("writing {}", target.display())))?;
+                    n += got as u64;
+                }
+                syncer.sync(f, target)?;
                 files += 1;
                 bytes += n;
             }
