@@ -78,9 +78,9 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// [`decompress`] into `out` (cleared first), a buffer the caller reuses.
+/// [`decompress`] into `out` (cleared first, its capacity kept), a buffer the caller reuses.
 pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
-    super::recycle(out);
+    out.clear();
     out.reserve(raw_len);
     DECOMPRESSOR
         .with_borrow_mut(|slot| {

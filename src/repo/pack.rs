@@ -133,17 +133,45 @@ impl Opener {
         crate::pipeline::recycle(opened);
         let mut raw = crypto.open_into(stored, opened)?;
         if entry.compressed {
+            crate::pipeline::recycle(plain);
             compress::decompress_into(raw, entry.raw_len as usize, plain)?;
             raw = plain;
         }
-        if raw.len() != entry.raw_len as usize || crypto.chunk_id(raw) != entry.id {
-            return Err(Error::corrupt(format!(
-                "blob {} does not match its hash",
-                entry.id
-            )));
-        }
+        check(raw, entry, crypto)?;
         Ok(raw)
     }
+
+    /// [`open_blob`] into `out` (cleared first, its capacity kept): for buffers the caller
+    /// hands on and later gives back, so that opening allocates nothing.
+    pub fn open_to(
+        &mut self,
+        stored: &[u8],
+        entry: &HeaderEntry,
+        crypto: &Crypto,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        crate::pipeline::recycle(&mut self.opened);
+        let raw = crypto.open_into(stored, &mut self.opened)?;
+        if entry.compressed {
+            compress::decompress_into(raw, entry.raw_len as usize, &mut out)?;
+        } else {
+            out.clear();
+            out.extend_from_slice(raw);
+        }
+        check(&out, entry, crypto)?;
+        Ok(out)
+    }
+}
+
+/// Checks an opened blob against its header's length and id.
+fn check(raw: &[u8], entry: &HeaderEntry, crypto: &Crypto) -> Result<()> {
+    if raw.len() != entry.raw_len as usize || crypto.chunk_id(raw) != entry.id {
+        return Err(Error::corrupt(format!(
+            "blob {} does not match its hash",
+            entry.id
+        )));
+    }
+    Ok(())
 }
 
 /// Storage path of a pack.
