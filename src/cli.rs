@@ -505,11 +505,12 @@ pub struct BackupArgs {
     #[arg(long = "database", value_name = "NAME")]
     pub databases: Vec<String>,
     /// The database password is in this environment variable (never put it in a policy).
+    /// (--password-file and BACKSTOP_PASSWORD are the repository's.)
     #[arg(long, value_name = "VAR")]
-    pub password_env: Option<String>,
+    pub db_password_env: Option<String>,
     /// The database password is the first line of this file.
     #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
+    pub db_password_file: Option<PathBuf>,
     /// Directory of the database client tools (pg_dump, psql, mariadb-dump…), e.g.
     /// /usr/lib/postgresql/16/bin for a newer server; default: PATH.
     #[arg(long, value_name = "DIR")]
@@ -539,12 +540,13 @@ pub struct ToDatabaseArgs {
     /// names are replaced).
     #[arg(long, requires = "to_database")]
     pub force: bool,
-    /// The database password is in this environment variable.
+    /// The database password is in this environment variable (--password-file and
+    /// BACKSTOP_PASSWORD are the repository's).
     #[arg(long, value_name = "VAR", requires = "to_database")]
-    pub password_env: Option<String>,
+    pub db_password_env: Option<String>,
     /// The database password is the first line of this file.
     #[arg(long, value_name = "FILE", requires = "to_database")]
-    pub password_file: Option<PathBuf>,
+    pub db_password_file: Option<PathBuf>,
     /// Directory of the database client tools (pg_restore, psql, mariadb); default: PATH.
     #[arg(long, value_name = "DIR", requires = "to_database")]
     pub client_bin: Option<PathBuf>,

@@ -316,8 +316,8 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 warn(format_args!("{w}"));
             }
             let pw = DbPassword {
-                password_env: db.password_env.clone(),
-                password_file: db.password_file.clone(),
+                password_env: db.db_password_env.clone(),
+                password_file: db.db_password_file.clone(),
             };
             let to = ToDatabaseOptions {
                 conn: Connection::new(u, &pw, &env)?,
@@ -765,8 +765,8 @@ fn database_source(
         warn(format_args!("{w}"));
     }
     let pw = DbPassword {
-        password_env: args.password_env.clone(),
-        password_file: args.password_file.clone(),
+        password_env: args.db_password_env.clone(),
+        password_file: args.db_password_file.clone(),
     };
     let conn = Connection::new(url, &pw, &env)?;
     let (databases, bin_dir) = (args.databases.clone(), args.client_bin.clone());

@@ -125,7 +125,7 @@ impl DbUrl {
             }
             (Some(_), Origin::CommandLine) => Some(format!(
                 "{flag}: the URL holds a password, which other users can see in the process \
-                 list and shell history; prefer --password-env or --password-file"
+                 list and shell history; prefer --db-password-env or --db-password-file"
             )),
         };
         Ok((
@@ -195,7 +195,8 @@ impl DbPassword {
     pub fn read(&self, env: Env) -> Result<Option<String>> {
         if self.password_env.is_some() && self.password_file.is_some() {
             return Err(Error::config(
-                "give the database password through one of --password-env and --password-file, \
+                "give the database password through one of --db-password-env and \
+                 --db-password-file (password-env and password-file in a policy), \
                  not both",
             ));
         }
@@ -480,7 +481,7 @@ mod tests {
         assert!(e.to_string().contains("must not"), "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
         let (u, w) = DbUrl::parse(Engine::Mysql, text, Origin::CommandLine).unwrap();
-        assert!(w.unwrap().contains("--password-env"));
+        assert!(w.unwrap().contains("--db-password-env"));
         assert_eq!(u.shown(), "mysql://root@127.0.0.1:3306/shop");
         assert!(!format!("{u:?}").is_empty());
         let c = Connection::new(u.clone(), &DbPassword::default(), &no_env).unwrap();

@@ -460,3 +460,90 @@ fn forget_drops_the_wal_no_kept_base_backup_needs_and_prune_keeps_the_rest() {
     assert_eq!(lab.sql(p, "select count(*) from t"), "4000");
     lab.stop(&d);
 }
+
+/// Unmounts a file system at the end of a test, also when it fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_wrong_password_and_a_full_disk_fail_in_one_line_and_leave_nothing_behind() {
+    assert!(
+        super::common::is_root(),
+        "the suite runs as root (a tmpfs is mounted)"
+    );
+    let mut lab = Lab::new();
+    lab.start_primary();
+    // A user that must give its password (scram), as a real server wants.
+    lab.sql(
+        lab.port,
+        "create role bs_app login replication password 'right'",
+    );
+    let hba = lab.path("pg/pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("hba");
+    std::fs::write(
+        &hba,
+        format!("host all,replication bs_app 127.0.0.1/32 scram-sha-256\n{rules}"),
+    )
+    .expect("hba");
+    lab.sql(lab.port, "select pg_reload_conf()");
+    let pw = lab.path("pgpw");
+    std::fs::write(&pw, "wrong\n").expect("pw");
+    let url = format!("postgres://bs_app@127.0.0.1:{}/postgres", lab.port);
+    let pw_arg = pw.to_str().expect("utf-8");
+    for extra in [&[][..], &["--physical"][..]] {
+        let out = lab
+            .backstop(&["backup", "--postgres", &url, "--db-password-file", pw_arg])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        assert!(
+            e.contains("password authentication failed") && e.contains("bs_app"),
+            "{e}"
+        );
+        assert!(!e.contains("wrong"), "the password is not shown: {e}");
+    }
+    let snaps = run_ok(&mut lab.backstop(&["--json", "snapshots"]));
+    assert_eq!(snaps.trim(), "[]", "no snapshot after failures");
+    std::fs::write(&pw, "right\n").expect("pw");
+    run_ok(&mut lab.backstop(&[
+        "backup",
+        "--postgres",
+        &url,
+        "--db-password-file",
+        pw_arg,
+        "--physical",
+    ]));
+
+    // A disk that fills up during a restore: a clear error, and nothing left that looks
+    // like a data directory.
+    let small = lab.path("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,mode=0777", "tmpfs"])
+            .arg(&small),
+    );
+    let _mounted = Mounted(small.clone());
+    let dir = small.join("data");
+    let out = lab
+        .backstop(&[
+            "restore",
+            "latest",
+            "--to-datadir",
+            dir.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(!dir.exists(), "the data directory it created was removed");
+}
