@@ -530,7 +530,8 @@ pub struct ToDatabaseArgs {
     /// Instead of a directory: restore a database of a --postgres or --mysql snapshot into
     /// the database this URL's path names, e.g. postgres://postgres@127.0.0.1/shop_copy.
     /// It is created; an existing database holding tables is refused unless --force. A
-    /// failed restore drops the database it created.
+    /// failed restore drops the database it created. A URL without a database (and no
+    /// --database) restores every database of the snapshot under its own name.
     #[arg(long, value_name = "URL")]
     pub to_database: Option<String>,
     /// The database of the snapshot to restore (needed when it holds several).

@@ -334,10 +334,7 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 ..Default::default()
             };
             let _cooperation = backstop::interrupt::cooperate();
-            let o = database::run(&r, sid, &snap, &to, &opts, &NoProgress)?;
-            if json_out {
-                json(&o);
-            } else {
+            let report = |o: &database::DatabaseRestored| {
                 outln!(
                     "restored database '{}' from {sref} into {} ({}{}) in {:.1}s",
                     o.database,
@@ -346,6 +343,58 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                     if o.created { ", created" } else { "" },
                     o.seconds
                 );
+            };
+            if to.conn.url.database.is_some() || to.database.is_some() {
+                let o = database::run(&r, sid, &snap, &to, &opts, &NoProgress)?;
+                if json_out {
+                    json(&o);
+                } else {
+                    report(&o);
+                }
+                return Ok(());
+            }
+            // No database named: every database of the snapshot, each under its own name,
+            // one after the other; a failure does not stop the others.
+            let names = database::databases(&snap);
+            if names.is_empty() {
+                return Err(Error::config(format!(
+                    "snapshot {sref} holds no database dumps: --to-database restores snapshots \
+                     of --postgres or --mysql"
+                )));
+            }
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
+            for name in &names {
+                let one = ToDatabaseOptions {
+                    conn: to.conn.with_database(name),
+                    database: Some(name.clone()),
+                    ..to.clone()
+                };
+                match database::run(&r, sid, &snap, &one, &opts, &NoProgress) {
+                    Ok(o) => {
+                        if !json_out {
+                            report(&o);
+                        }
+                        done.push(o);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => return Err(e),
+                    Err(e) => {
+                        warn(format_args!("{}", backstop::error::chain(&e)));
+                        failed.push(json!({"database": name, "error": backstop::error::chain(&e)}));
+                    }
+                }
+            }
+            if json_out {
+                json(&json!({"restored": done, "failed": failed}));
+            }
+            if !failed.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Partial,
+                    format!(
+                        "{} of {} databases could not be restored",
+                        failed.len(),
+                        names.len()
+                    ),
+                ));
             }
             Ok(())
         }

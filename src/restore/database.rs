@@ -93,14 +93,9 @@ pub fn run(
         Engine::Postgres => postgres::SUFFIX,
         Engine::Mysql => mysql::SUFFIX,
     };
-    let held: Vec<&str> = snap
-        .paths
-        .iter()
-        .filter(|p| engine != Engine::Mysql || p.as_str() != mysql::GRANTS)
-        .filter_map(|p| p.strip_suffix(suffix))
-        .collect();
+    let held = databases(snap);
     let source = match &to.database {
-        Some(d) if held.contains(&d.as_str()) => d.clone(),
+        Some(d) if held.contains(d) => d.clone(),
         Some(d) => {
             return Err(Error::config(format!(
                 "snapshot {} holds no database '{d}' (it holds: {})",
@@ -108,7 +103,7 @@ pub fn run(
                 held.join(", ")
             )));
         }
-        None if held.len() == 1 => held[0].to_string(),
+        None if held.len() == 1 => held[0].clone(),
         None => {
             return Err(Error::config(format!(
                 "snapshot {} holds {} databases ({}): name one with --database",
@@ -181,6 +176,21 @@ pub fn run(
             "restoring database '{source}' into the existing {into} failed; it is incomplete"
         ))),
     }
+}
+
+/// The databases a `postgres` or `mysql` snapshot holds dumps of, by name.
+pub fn databases(snap: &Snapshot) -> Vec<String> {
+    let suffix = match snap.source.as_str() {
+        "postgres" => postgres::SUFFIX,
+        "mysql" => mysql::SUFFIX,
+        _ => return Vec::new(),
+    };
+    snap.paths
+        .iter()
+        .filter(|p| snap.source != "mysql" || p.as_str() != mysql::GRANTS)
+        .filter_map(|p| p.strip_suffix(suffix))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A server the restore talks to.

@@ -606,3 +606,47 @@ fn database_policies_back_up_with_the_password_from_a_file_and_refuse_one_in_the
         assert!(!e.contains(":pw@"), "{e}");
     }
 }
+
+#[test]
+fn a_snapshot_of_several_databases_restores_each_under_its_own_name() {
+    let env = Env::new();
+    env.init();
+    let (a, b) = (unique("bs_my_a"), unique("bs_my_b"));
+    let _drop = Dropper {
+        pg: vec![],
+        my: vec![a.clone(), b.clone()],
+    };
+    for (db, v) in [(&a, "甲"), (&b, "乙")] {
+        mariadb(None, &format!("CREATE DATABASE `{db}`"));
+        mariadb(
+            Some(db),
+            &format!(
+                "CREATE TABLE t (s VARCHAR(10)) CHARACTER SET utf8mb4; INSERT INTO t VALUES ('{v}')"
+            ),
+        );
+    }
+    let (id, _, _) = snapshot_of(&backup(
+        &env,
+        &["--mysql", MY, "--database", &a, "--database", &b],
+    ));
+    for db in [&a, &b] {
+        mariadb(None, &format!("DROP DATABASE `{db}`"));
+    }
+    // No database in the URL and none named: every one, under its own name.
+    let out = restore_db(&env, &id, MY, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["restored"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(mariadb(Some(&a), "SELECT s FROM t").trim(), "甲");
+    assert_eq!(mariadb(Some(&b), "SELECT s FROM t").trim(), "乙");
+    // Again: both exist and hold tables, so each is refused, and the exit says so.
+    let out = restore_db(&env, &id, MY, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("--force") && e.contains("2 of 2 databases"),
+        "{e}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"].as_array().unwrap().len(), 2, "{v}");
+}
