@@ -165,6 +165,11 @@ impl Spool {
         Ok(names)
     }
 
+    /// Segments [`fetch`] read ahead from the repository.
+    fn prefetched(&self) -> PathBuf {
+        self.dir.join("prefetch")
+    }
+
     /// The path of a spooled segment, if it is waiting there.
     pub fn spooled(&self, name: &str) -> Option<PathBuf> {
         let p = self.ready().join(name);
@@ -438,6 +443,8 @@ pub enum Fetched {
     Spool,
     /// In the repository.
     Repository,
+    /// Read ahead from the repository by an earlier fetch.
+    Prefetched,
     /// Nowhere (PostgreSQL probes for files that do not exist: not an error).
     Missing,
 }
@@ -464,6 +471,18 @@ pub fn fetch(
         write(&mut f)?;
         return Ok(Fetched::Spool);
     }
+    let ahead = spool.prefetched();
+    let p = ahead.join(name);
+    if let Ok(mut f) = File::open(&p) {
+        write(&mut f)?;
+        let _ = std::fs::remove_file(&p);
+        return Ok(Fetched::Prefetched);
+    }
+    // A segment missed: what was read ahead is not what recovery needs now (history
+    // files are asked for in between).
+    if is_segment(name) {
+        let _ = std::fs::remove_dir_all(&ahead);
+    }
     let repo = repo()?;
     let batches = repo.wal_batches()?;
     let Some((id, batch)) = batches
@@ -488,7 +507,48 @@ pub fn fetch(
             ))
         })?;
     let pieces = repo.expand_content(&index, &node.content)?;
-    let mut reader = repo.content_reader(index, pieces, 4, cancel);
+    let mut reader = repo.content_reader(index.clone(), pieces, 4, cancel);
     write(&mut reader)?;
+    // Recovery asks for the next segments one process at a time: read the next few of this
+    // batch ahead, so that they cost no repository open each. Best effort: a failure here
+    // only means the next fetch reads the repository.
+    let next = tree
+        .nodes
+        .iter()
+        .filter(|n| std::str::from_utf8(&n.name).is_ok_and(|n| is_segment(n) && n > name));
+    for n in next.take(PREFETCH) {
+        let Ok(next) = std::str::from_utf8(&n.name) else {
+            continue;
+        };
+        if let Err(e) = prefetch(&repo, &index, n, &ahead.join(next), cancel) {
+            tracing::debug!("reading {next} ahead: {e}");
+            break;
+        }
+    }
     Ok(Fetched::Repository)
+}
+
+/// Segments [`fetch`] reads ahead after one it had to get from the repository (128 MiB of
+/// 16 MiB segments at most).
+const PREFETCH: usize = 8;
+
+/// Writes `node`'s content to `path` (through a temporary name, so that a fetch never
+/// sees half of it).
+fn prefetch(
+    repo: &Repo,
+    index: &std::sync::Arc<crate::repo::Index>,
+    node: &crate::repo::Node,
+    path: &Path,
+    cancel: &Cancel,
+) -> Result<()> {
+    let dir = path.parent().expect("in the prefetch directory");
+    std::fs::create_dir_all(dir).map_err(|e| io(e, format!("creating {}", dir.display())))?;
+    let tmp = path.with_extension("tmp");
+    let pieces = repo.expand_content(index, &node.content)?;
+    let mut reader = repo.content_reader(index.clone(), pieces, 4, cancel);
+    let mut f = File::create(&tmp).map_err(|e| io(e, format!("creating {}", tmp.display())))?;
+    std::io::copy(&mut reader, &mut f)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| io(e, format!("writing {}", tmp.display())))?;
+    Ok(())
 }

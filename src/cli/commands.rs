@@ -1749,6 +1749,9 @@ fn wal_fetch(ctx: &Ctx, repo: &RepoArgs, name: &str, path: &Path) -> Result<()> 
         // PostgreSQL probes for files that do not exist: status 1, nothing printed.
         std::process::exit(1);
     }
+    if ctx.cli.global.json {
+        json(&json!({"name": name, "from": found}));
+    }
     Ok(())
 }
 

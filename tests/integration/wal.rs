@@ -547,3 +547,35 @@ fn a_wrong_password_and_a_full_disk_fail_in_one_line_and_leave_nothing_behind() 
     assert!(e.contains("No space left on device"), "{e}");
     assert!(!dir.exists(), "the data directory it created was removed");
 }
+
+#[test]
+fn wal_fetch_reads_the_next_segments_ahead_so_recovery_opens_the_repository_less() {
+    let lab = Lab::new();
+    let names: Vec<String> = (1..=4)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        let p = lab.path(n);
+        std::fs::write(&p, super::common::noise(i as u64, 1 << 20)).expect("write");
+        run_ok(&mut lab.backstop(&["wal-push", "--no-ship", p.to_str().expect("utf-8")]));
+    }
+    run_ok(&mut lab.backstop(&["wal-ship"]));
+    let from = |n: &str| {
+        let dest = lab.path(&format!("{n}.fetched"));
+        let out =
+            run_ok(&mut lab.backstop(&["--json", "wal-fetch", n, dest.to_str().expect("utf-8")]));
+        assert_eq!(
+            std::fs::read(&dest).expect("fetched"),
+            std::fs::read(lab.path(n)).expect("pushed"),
+            "{n}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        v["from"].as_str().expect("from").to_string()
+    };
+    assert_eq!(from(&names[0]), "repository");
+    assert_eq!(from(&names[1]), "prefetched");
+    assert_eq!(from(&names[2]), "prefetched");
+    // Recovery jumping elsewhere: a miss drops what was read ahead.
+    assert_eq!(from(&names[0]), "repository");
+    assert_eq!(from(&names[3]), "prefetched");
+}
