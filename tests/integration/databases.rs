@@ -490,6 +490,12 @@ GRANT SELECT, INSERT ON `{src}`.* TO '{user}'@'%';
     let out = backup(&env, &["--mysql", MY, "--database", &nope]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&nope), "{}", stderr(&out));
+    // A server that is down: one line naming it.
+    let out = backup(&env, &["--mysql", "mysql://root@127.0.0.1:1"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    assert!(e.contains("127.0.0.1:1") && e.contains("connect"), "{e}");
 }
 
 #[test]
