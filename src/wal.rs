@@ -138,11 +138,39 @@ impl Spool {
         self.dir.join("shipped")
     }
 
+    /// Creates the spool's directories, each new one durable in its parent (a segment
+    /// spooled into a directory whose entry a crash loses would be lost with it).
     fn create(&self) -> Result<()> {
         for d in [self.ready(), self.shipped()] {
+            if d.is_dir() {
+                continue;
+            }
+            let mut new = vec![d.clone()];
+            let mut up = d.parent();
+            while let Some(p) = up.filter(|p| !p.exists()) {
+                new.push(p.to_path_buf());
+                up = p.parent();
+            }
             std::fs::create_dir_all(&d).map_err(|e| io(e, format!("creating {}", d.display())))?;
+            for n in new.iter().rev() {
+                fsync_dir(n.parent().unwrap_or(Path::new("/")))?;
+            }
         }
         Ok(())
+    }
+
+    /// Why the last background shipping failed, if it did (cleared when one succeeds).
+    pub fn last_error(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("ship.error")).ok()
+    }
+
+    /// Records (`Some`) or clears (`None`) the shipper's failure, for [`Spool::last_error`].
+    pub fn set_error(&self, error: Option<&str>) {
+        let p = self.dir.join("ship.error");
+        let _ = match error {
+            Some(e) => std::fs::write(&p, e),
+            None => std::fs::remove_file(&p),
+        };
     }
 
     /// Segments waiting in `ready/`, sorted (oldest first: names sort by timeline and
@@ -331,6 +359,14 @@ pub fn push(spool: &Spool, path: &Path) -> Result<Pushed> {
         }
         Err(e) => return Err(io(e, format!("spooling {name}"))),
     }
+    // A shipper may have recorded the name (and taken its file out of ready/) between the
+    // checks above and the link: look again.
+    if let Ok(old) = std::fs::read_to_string(&record)
+        && old.trim() != hash.to_hex().as_str()
+    {
+        let _ = std::fs::remove_file(&fin);
+        return Err(differs());
+    }
     fsync_dir(&spool.ready())?;
     Ok(Pushed::Spooled)
 }
@@ -466,8 +502,8 @@ pub fn fetch(
             .and_then(|_| f.sync_all())
             .map_err(|e| io(e, format!("writing {name} to {}", dest.display())))
     };
-    if let Some(p) = spool.spooled(name) {
-        let mut f = File::open(&p).map_err(|e| io(e, format!("reading {}", p.display())))?;
+    // (A shipper may take the file out of the spool in between: then the repository has it.)
+    if let Some(mut f) = spool.spooled(name).and_then(|p| File::open(p).ok()) {
         write(&mut f)?;
         return Ok(Fetched::Spool);
     }
@@ -543,12 +579,28 @@ fn prefetch(
 ) -> Result<()> {
     let dir = path.parent().expect("in the prefetch directory");
     std::fs::create_dir_all(dir).map_err(|e| io(e, format!("creating {}", dir.display())))?;
-    let tmp = path.with_extension("tmp");
+    // A name of its own (two recoveries may share the spool), complete and durable before
+    // it takes the segment's name.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let pieces = repo.expand_content(index, &node.content)?;
     let mut reader = repo.content_reader(index.clone(), pieces, 4, cancel);
-    let mut f = File::create(&tmp).map_err(|e| io(e, format!("creating {}", tmp.display())))?;
-    std::io::copy(&mut reader, &mut f)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| io(e, format!("writing {}", tmp.display())))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| io(e, format!("creating {}", tmp.display())))?;
+    let res = std::io::copy(&mut reader, &mut f)
+        .and_then(|n| {
+            if n == node.size {
+                f.sync_all()
+            } else {
+                Err(std::io::Error::other(format!("{n} bytes of {}", node.size)))
+            }
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e, format!("writing {}", tmp.display())));
+    }
     Ok(())
 }

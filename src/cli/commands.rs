@@ -1626,14 +1626,23 @@ fn wal_spool(ctx: &Ctx, repo: &RepoArgs) -> Result<backstop::wal::Spool> {
 fn self_command(ctx: &Ctx, repo: &RepoArgs, sub: &str) -> Result<Vec<String>> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::new(ErrorKind::Io, "cannot find the backstop binary").with_source(e))?;
+    // PostgreSQL runs these commands in its data directory: every path is made absolute.
+    let absolute = |p: &Path| -> Result<String> {
+        std::path::absolute(p)
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", p.display())))
+    };
     let mut argv = vec![exe.to_string_lossy().into_owned(), sub.to_string()];
-    argv.extend(["--repo".into(), Ctx::repo_location(repo)?.to_string()]);
-    argv.extend([
-        "--data-dir".into(),
-        data_dir(ctx).to_string_lossy().into_owned(),
-    ]);
+    let location = Ctx::repo_location(repo)?;
+    let location = if location.contains("://") {
+        location.to_string()
+    } else {
+        absolute(Path::new(location))?
+    };
+    argv.extend(["--repo".into(), location]);
+    argv.extend(["--data-dir".into(), absolute(&data_dir(ctx))?]);
     if let Some(f) = &repo.password_file {
-        argv.extend(["--password-file".into(), f.to_string_lossy().into_owned()]);
+        argv.extend(["--password-file".into(), absolute(f)?]);
     }
     if let Some(c) = &repo.password_command {
         argv.extend(["--password-command".into(), c.clone()]);
@@ -1645,6 +1654,15 @@ fn wal_push(ctx: &Ctx, repo: &RepoArgs, path: &Path, no_ship: bool) -> Result<()
     let spool = wal_spool(ctx, repo)?;
     let pushed = backstop::wal::push(&spool, path)
         .map_err(|e| e.context(format!("wal-push {}", path.display())))?;
+    // The segment is safe in the spool; PostgreSQL logs this, so a shipper that keeps
+    // failing (the repository unreachable) shows in the server's log at every segment.
+    if let Some(e) = spool.last_error() {
+        warn(format_args!(
+            "wal-push: spooled {}, but shipping the spool to the repository failed: {}",
+            path.display(),
+            e.trim()
+        ));
+    }
     if !no_ship && spool.try_lock()?.is_some() {
         // No shipper runs (the lock is free): start one, detached from PostgreSQL's
         // process group, logging to the spool. It takes the lock itself; a push that
@@ -1679,6 +1697,24 @@ fn wal_push(ctx: &Ctx, repo: &RepoArgs, path: &Path, no_ship: bool) -> Result<()
 
 fn wal_ship(ctx: &Ctx, repo: &RepoArgs, if_idle: bool) -> Result<()> {
     let spool = wal_spool(ctx, repo)?;
+    let res = ship_spool(ctx, repo, if_idle, &spool);
+    // Kept for wal-push to report: in the background nobody reads this process's errors.
+    match &res {
+        Ok(()) => spool.set_error(None),
+        Err(e) if e.kind() != ErrorKind::Interrupted => {
+            spool.set_error(Some(&backstop::error::chain(e)))
+        }
+        Err(_) => {}
+    }
+    res
+}
+
+fn ship_spool(
+    ctx: &Ctx,
+    repo: &RepoArgs,
+    if_idle: bool,
+    spool: &backstop::wal::Spool,
+) -> Result<()> {
     let cancel = backstop::interrupt::token();
     let mut total = backstop::wal::Shipped::default();
     let mut opened: Option<Repo> = None;
@@ -1704,7 +1740,7 @@ fn wal_ship(ctx: &Ctx, repo: &RepoArgs, if_idle: bool) -> Result<()> {
         // then serves a burst of them.
         let linger = std::time::Duration::from_secs(if if_idle { 2 } else { 0 });
         loop {
-            let s = backstop::wal::ship(r, &spool, &cancel)?;
+            let s = backstop::wal::ship(r, spool, &cancel)?;
             total.batches += s.batches;
             total.segments += s.segments;
             total.bytes += s.bytes;
@@ -1735,8 +1771,18 @@ fn wal_ship(ctx: &Ctx, repo: &RepoArgs, if_idle: bool) -> Result<()> {
     Ok(())
 }
 
+/// wal-fetch's exit status on a failure: above 125, which PostgreSQL's recovery treats as
+/// fatal (it stops and can be started again) rather than as "no such WAL file".
+const WAL_FETCH_FAILED: i32 = 126;
+
 fn wal_fetch(ctx: &Ctx, repo: &RepoArgs, name: &str, path: &Path) -> Result<()> {
-    let spool = wal_spool(ctx, repo)?;
+    // PostgreSQL takes an exit status up to 125 for "not archived" and ends recovery
+    // there, promoting early; a real failure must stop recovery instead (above 125).
+    let fatal = |e: Error| -> ! {
+        eprintln!("error: wal-fetch {name}: {}", backstop::error::chain(&e));
+        std::process::exit(WAL_FETCH_FAILED);
+    };
+    let spool = wal_spool(ctx, repo).unwrap_or_else(|e| fatal(e));
     let found = backstop::wal::fetch(
         &spool,
         || ctx.open_repo(repo),
@@ -1744,7 +1790,7 @@ fn wal_fetch(ctx: &Ctx, repo: &RepoArgs, name: &str, path: &Path) -> Result<()> 
         path,
         &backstop::interrupt::token(),
     )
-    .map_err(|e| e.context(format!("wal-fetch {name}")))?;
+    .unwrap_or_else(|e| fatal(e));
     if found == backstop::wal::Fetched::Missing {
         // PostgreSQL probes for files that do not exist: status 1, nothing printed.
         std::process::exit(1);
@@ -1775,7 +1821,8 @@ fn restore_datadir(
             if a == "%f" || a == "%p" {
                 a.clone()
             } else {
-                shell_words::quote(a).into_owned()
+                // PostgreSQL expands %-escapes in the whole command: a literal % is %%.
+                shell_words::quote(a).replace('%', "%%")
             }
         })
         .collect::<Vec<_>>()

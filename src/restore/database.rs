@@ -291,7 +291,13 @@ impl Server {
             Engine::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", pg_ident(name)),
             Engine::Mysql => format!("DROP DATABASE IF EXISTS {}", my_ident(name)),
         };
-        self.sql(None, &sql).map(|_| ())
+        match self.sql(None, &sql) {
+            // WITH (FORCE) is PostgreSQL 13 and later.
+            Err(_) if self.conn.url.engine == Engine::Postgres => self
+                .sql(None, &format!("DROP DATABASE IF EXISTS {}", pg_ident(name)))
+                .map(|_| ()),
+            r => r.map(|_| ()),
+        }
     }
 }
 
@@ -330,7 +336,15 @@ impl Destination for ToDatabase<'_> {
             Engine::Mysql => {
                 let mut cmd = Command::new(tool(&self.server.bin_dir, "mariadb"));
                 conn.apply(&mut cmd);
-                cmd.args(["--batch", "--binary-mode", "--database", &self.target]);
+                // --sandbox: a dump runs no client commands (`\! cmd`), whatever a
+                // database object's name smuggled into it.
+                cmd.args([
+                    "--batch",
+                    "--binary-mode",
+                    "--sandbox",
+                    "--database",
+                    &self.target,
+                ]);
                 ("mariadb", cmd)
             }
         };
@@ -359,6 +373,13 @@ impl Destination for ToDatabase<'_> {
             .wait()
             .map_err(|e| Error::new(ErrorKind::Io, format!("waiting for {shown}: {e}")))?;
         let errs = errs.join().unwrap_or_default();
+        // A repository read that failed closed the tool's input: that is the cause, not
+        // the tool's complaint about a truncated dump.
+        if let Err(e) = &copied
+            && e.kind() != ErrorKind::Io
+        {
+            return copied;
+        }
         if !status.success() {
             return Err(Error::new(
                 ErrorKind::Io,

@@ -343,6 +343,20 @@ fn write_recovery(dir: &Path, opts: &DatadirOptions) -> Result<()> {
         "restore_command = {}\n",
         quote(&opts.restore_command)
     ));
+    // Settings the backed-up cluster may carry (it was itself a restored copy, or a
+    // standby) are cancelled: only this restore's target counts, and the copy never
+    // follows a primary or takes its replication slot.
+    for unset in [
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+        "primary_conninfo",
+        "primary_slot_name",
+    ] {
+        conf.push_str(&format!("{unset} = ''\n"));
+    }
     match &opts.target {
         RecoveryTarget::Latest => {}
         RecoveryTarget::Time(t) => {
@@ -366,6 +380,12 @@ fn write_recovery(dir: &Path, opts: &DatadirOptions) -> Result<()> {
     f.write_all(conf.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| io(e, format!("writing {}", auto.display())))?;
+    match std::fs::remove_file(dir.join("standby.signal")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(e, "removing standby.signal".into()));
+        }
+        _ => {}
+    }
     let signal = dir.join("recovery.signal");
     OpenOptions::new()
         .write(true)

@@ -322,8 +322,20 @@ impl Connection {
     pub fn apply(&self, cmd: &mut std::process::Command) {
         match self.url.engine {
             Engine::Postgres => {
-                // The caller's own PG* variables must not point the tool elsewhere.
-                for v in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {
+                // The caller's own PG* variables must not point the tool elsewhere (a
+                // service file's values even win over the variables set here).
+                for v in [
+                    "PGHOST",
+                    "PGHOSTADDR",
+                    "PGPORT",
+                    "PGUSER",
+                    "PGDATABASE",
+                    "PGPASSWORD",
+                    "PGSERVICE",
+                    "PGSERVICEFILE",
+                    "PGOPTIONS",
+                    "PGTARGETSESSIONATTRS",
+                ] {
                     cmd.env_remove(v);
                 }
                 cmd.envs(self.pg_env());

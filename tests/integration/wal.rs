@@ -578,4 +578,19 @@ fn wal_fetch_reads_the_next_segments_ahead_so_recovery_opens_the_repository_less
     // Recovery jumping elsewhere: a miss drops what was read ahead.
     assert_eq!(from(&names[0]), "repository");
     assert_eq!(from(&names[3]), "prefetched");
+    // A failure is not "not archived" (status 1, which ends recovery early): PostgreSQL
+    // stops recovery on a status above 125.
+    let bad = lab.path("wrong-password");
+    std::fs::write(&bad, "wrong\n").expect("write");
+    let out = lab
+        .backstop(&["wal-fetch", "--password-file", bad.to_str().expect("utf-8")])
+        .args([&names[0], "/nonexistent/x"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
