@@ -151,7 +151,10 @@ pub fn run(
     };
     let opts = RestoreOptions {
         target: PathBuf::new(),
-        includes: vec![format!("{source}{suffix}")],
+        // A pattern that matches this one file whatever the name holds (`*`, `[`…).
+        includes: vec![globset::escape(&crate::source::db::dump_file(
+            &source, suffix,
+        ))],
         dry_run: false,
         ..opts.clone()
     };
@@ -188,8 +191,7 @@ pub fn databases(snap: &Snapshot) -> Vec<String> {
     snap.paths
         .iter()
         .filter(|p| snap.source != "mysql" || p.as_str() != mysql::GRANTS)
-        .filter_map(|p| p.strip_suffix(suffix))
-        .map(str::to_string)
+        .filter_map(|p| crate::source::db::dump_database(p, suffix))
         .collect()
 }
 

@@ -226,6 +226,8 @@ fn unpack_into(
 ) -> Result<(u64, u64)> {
     let mut ar = tar::Archive::new(reader);
     let mut buf = vec![0u8; 1 << 20];
+    // Directories made, synced at the end so that their entries are durable too.
+    let mut dirs = vec![dir.to_path_buf()];
     let (mut files, mut bytes) = (0u64, 0u64);
     let bad = |e: std::io::Error| -> Error {
         // The content reader's own errors (corruption, interruption) come through io.
@@ -257,6 +259,7 @@ fn unpack_into(
                     .mode(0o700)
                     .create(&target)
                     .map_err(|e| io(e, format!("creating {}", target.display())))?;
+                dirs.push(target);
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if let Some(parent) = target.parent() {
@@ -306,6 +309,10 @@ fn unpack_into(
                 ));
             }
         }
+    }
+    for d in dirs {
+        let f = std::fs::File::open(&d).map_err(|e| io(e, format!("syncing {}", d.display())))?;
+        syncer.sync(f, d)?;
     }
     Ok((files, bytes))
 }

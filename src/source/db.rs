@@ -375,13 +375,36 @@ pub fn select_databases(
                  accept connections)"
             )));
         }
-        if d.contains(['/', '\0']) || Some(d.as_str()) == reserved {
+        if Some(d.as_str()) == reserved {
             return Err(Error::config(format!(
                 "database '{d}' on {shown}: its name cannot be a file name in the snapshot"
             )));
         }
     }
     Ok(databases)
+}
+
+/// The file name of database `name`'s dump in a snapshot: the name with `%`, `/` and NUL
+/// percent-encoded (any database a server holds can be stored), then `suffix`.
+pub fn dump_file(name: &str, suffix: &str) -> String {
+    let mut f = String::with_capacity(name.len() + suffix.len());
+    for c in name.chars() {
+        match c {
+            '%' | '/' | '\0' => f.push_str(&format!("%{:02X}", c as u32)),
+            c => f.push(c),
+        }
+    }
+    f.push_str(suffix);
+    f
+}
+
+/// The database whose dump `file` is ([`dump_file`]'s inverse), if it is one.
+pub fn dump_database(file: &str, suffix: &str) -> Option<String> {
+    let encoded = file.strip_suffix(suffix)?;
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|d| d.into_owned())
 }
 
 /// A database source's stable key: host, server (without user or password) and the
@@ -550,6 +573,17 @@ mod tests {
         };
         assert!(both.read(&no_env).is_err());
         assert_eq!(DbPassword::default().read(&no_env).unwrap(), None);
+    }
+
+    #[test]
+    fn every_database_name_is_a_dump_file_name() {
+        for name in ["shop", "a/b", "50%", "..", "x\0y", "中文 db"] {
+            let f = dump_file(name, ".sql");
+            assert!(!f.contains(['/', '\0']) && f != "." && f != "..", "{f}");
+            assert_eq!(dump_database(&f, ".sql").as_deref(), Some(name));
+        }
+        assert_eq!(dump_file("a/b%", ".pgdump"), "a%2Fb%25.pgdump");
+        assert_eq!(dump_database("globals.sql", ".pgdump"), None);
     }
 
     #[test]

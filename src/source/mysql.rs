@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::pipeline::Ingest;
 use crate::repo::{Snapshot, Timestamp, Tree};
 use crate::source::command::{Run, file_node};
-use crate::source::db::{Connection, select_databases, source_key};
+use crate::source::db::{Connection, dump_file, select_databases, source_key};
 use crate::source::postgres::{run_captured, tool};
 use crate::source::{Read, Source};
 
@@ -76,7 +76,7 @@ impl Source for Mysql {
 
     fn paths(&self) -> Vec<String> {
         let mut p = vec![GRANTS.to_string()];
-        p.extend(self.databases.iter().map(|d| format!("{d}{SUFFIX}")));
+        p.extend(self.databases.iter().map(|d| dump_file(d, SUFFIX)));
         p
     }
 
@@ -125,7 +125,7 @@ impl Source for Mysql {
             };
             let (content, size) = run.store(ingest, cmd)?;
             tracing::info!("dumped database '{db}': {size} bytes");
-            nodes.push(file_node(&format!("{db}{SUFFIX}"), content, size, started));
+            nodes.push(file_node(&dump_file(db, SUFFIX), content, size, started));
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let tree = ingest.store_tree(&Tree { nodes })?;

@@ -23,7 +23,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Ingest;
 use crate::repo::{Snapshot, Timestamp, Tree};
 use crate::source::command::{Run, file_node, last_lines};
-use crate::source::db::{Connection, select_databases, source_key};
+use crate::source::db::{Connection, dump_file, select_databases, source_key};
 use crate::source::{Read, Source};
 
 /// The file holding roles and tablespaces.
@@ -72,13 +72,13 @@ impl Postgres {
         } else {
             "pg_dump"
         };
-        let tool = tool(&opts.bin_dir, name);
-        let version = output(&tool, &["--version"], None)
+        let bin = tool(&opts.bin_dir, name);
+        let version = output(&bin, &["--version"], None)
             .map_err(|e| e.context(format!("checking {name} for {shown}")))?;
         let tool_major = major(&version).ok_or_else(|| {
             Error::config(format!(
                 "{} --version printed '{}', not a PostgreSQL version",
-                tool.display(),
+                bin.display(),
                 version.trim()
             ))
         })?;
@@ -94,7 +94,7 @@ impl Postgres {
                     "{} is version {tool_major}, older than the server at {shown} (version \
                      {server_major}): it cannot back it up; use the client tools of version \
                      {server_major} or later (--client-bin DIR)",
-                    tool.display(),
+                    bin.display(),
                 ),
             ));
         }
@@ -110,13 +110,28 @@ impl Postgres {
                 databases: Vec::new(),
             });
         }
-        let all = query(
-            &opts,
-            &db0,
-            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1",
+        // NUL-separated: a database name may hold a newline.
+        let all = output(
+            &tool(&opts.bin_dir, "psql"),
+            &[
+                &PSQL_QUERY[..],
+                &[
+                    "-0",
+                    "-c",
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate \
+                     ORDER BY 1",
+                ],
+            ]
+            .concat(),
+            Some(&opts.conn.with_database(&db0)),
         )
         .map_err(|e| e.context(format!("listing the databases of {shown}")))?;
-        let all: Vec<String> = all.lines().map(str::to_string).collect();
+        let all: Vec<String> = all
+            .split('\0')
+            .map(|d| d.strip_suffix('\n').unwrap_or(d))
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
         let databases = select_databases(&opts.conn, &opts.databases, &all, None)?;
         Ok(Postgres {
             opts,
@@ -182,7 +197,7 @@ impl Source for Postgres {
             return vec![BASE_TAR.to_string()];
         }
         let mut p = vec![GLOBALS.to_string()];
-        p.extend(self.databases.iter().map(|d| format!("{d}{SUFFIX}")));
+        p.extend(self.databases.iter().map(|d| dump_file(d, SUFFIX)));
         p
     }
 
@@ -229,7 +244,7 @@ impl Source for Postgres {
             };
             let (content, size) = run.store(ingest, cmd)?;
             tracing::info!("dumped database '{db}': {size} bytes");
-            nodes.push(file_node(&format!("{db}{SUFFIX}"), content, size, started));
+            nodes.push(file_node(&dump_file(db, SUFFIX), content, size, started));
         }
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let tree = ingest.store_tree(&Tree { nodes })?;

@@ -656,3 +656,22 @@ fn a_snapshot_of_several_databases_restores_each_under_its_own_name() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["failed"].as_array().unwrap().len(), 2, "{v}");
 }
+
+#[test]
+fn a_database_whose_name_is_no_file_name_is_backed_up_and_restored() {
+    let env = Env::new();
+    env.init();
+    // A slash, a glob character and a percent sign: any name a server allows is stored.
+    let odd = format!("{}/a*b%", unique("bs_pg_odd"));
+    let into = unique("bs_pg_odd_r");
+    let _drop = Dropper {
+        pg: vec![odd.clone(), into.clone()],
+        my: vec![],
+    };
+    psql("postgres", &format!("CREATE DATABASE \"{odd}\""));
+    psql(&odd, "CREATE TABLE t AS SELECT 'ünï' AS s");
+    let (id, _, _) = snapshot_of(&backup(&env, &["--postgres", PG, "--database", &odd]));
+    let out = restore_db(&env, &id, &format!("{PG}/{into}"), &["--database", &odd]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(psql(&into, "SELECT s FROM t").trim(), "ünï");
+}
