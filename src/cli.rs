@@ -397,6 +397,7 @@ impl LatestArgs {
                 Some(self.host.clone().unwrap_or_else(backstop::repo::hostname))
             },
             paths: self.paths.clone(),
+            source: None,
         }
     }
 }

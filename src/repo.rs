@@ -561,6 +561,8 @@ pub struct SnapshotFilter {
     pub host: Option<String>,
     /// Only snapshots holding every one of these paths (compared normalized).
     pub paths: Vec<String>,
+    /// Only snapshots of this source kind (`files`, `postgres`, …; `None`: any).
+    pub source: Option<String>,
 }
 
 impl SnapshotFilter {
@@ -568,6 +570,7 @@ impl SnapshotFilter {
     pub fn accepts(&self, snap: &Snapshot) -> bool {
         use crate::restore::select::normalize;
         self.host.as_ref().is_none_or(|h| *h == snap.hostname)
+            && self.source.as_ref().is_none_or(|k| *k == snap.source)
             && self.paths.iter().all(|p| {
                 let p = normalize(p);
                 snap.paths.iter().any(|s| normalize(s) == p)
@@ -580,6 +583,9 @@ impl std::fmt::Display for SnapshotFilter {
         match &self.host {
             Some(h) => write!(f, "of host {h}")?,
             None => write!(f, "of any host")?,
+        }
+        if let Some(k) = &self.source {
+            write!(f, " from a {k} source")?;
         }
         if !self.paths.is_empty() {
             write!(f, " with paths {}", self.paths.join(", "))?;

@@ -326,7 +326,16 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 bin_dir: db.client_bin.clone(),
             };
             let r = ctx.open_repo(repo)?;
-            let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+            // "latest" is the newest dump of this kind of server (not a file backup, not
+            // a physical base backup).
+            let mut filter = latest.filter();
+            let (kind, marker) = match engine {
+                Engine::Postgres => ("postgres", backstop::source::postgres::GLOBALS),
+                Engine::Mysql => ("mysql", backstop::source::mysql::GRANTS),
+            };
+            filter.source = Some(kind.into());
+            filter.paths.push(marker.into());
+            let (sid, snap) = r.find_snapshot_for(snapshot, &filter)?;
             let sref = SnapshotRef::new(sid, &snap);
             let opts = RestoreOptions {
                 retry_lock: retry_lock(repo)?,
@@ -925,14 +934,22 @@ fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {
             for n in &o.notes {
                 note(format_args!("note: {n}"));
             }
+            // A database or command backup is files made from streams: say what they are.
+            let what = match o.snapshot.source.as_str() {
+                "files" => format!(
+                    "{} files ({} read, {} unchanged), {} dirs",
+                    s.files, s.files_read, s.files_unchanged, s.dirs
+                ),
+                k => format!(
+                    "{} file(s) from the {k} source ({})",
+                    s.files,
+                    o.snapshot.paths.join(", ")
+                ),
+            };
             outln!(
-                "snapshot {} saved to {name} ({}): {} files ({} read, {} unchanged), {} dirs, {} total, {} new, {} stored in {} packs, {:.1}s",
+                "snapshot {} saved to {name} ({}): {what}, {} total, {} new, {} stored in {} packs, {:.1}s",
                 o.id.short(),
                 o.snapshot.kind,
-                s.files,
-                s.files_read,
-                s.files_unchanged,
-                s.dirs,
                 size(s.bytes_total),
                 size(s.bytes_new),
                 size(s.bytes_stored),
@@ -1811,7 +1828,13 @@ fn restore_datadir(
 ) -> Result<()> {
     use backstop::restore::datadir::{self, DatadirOptions, RecoveryTarget};
     let r = ctx.open_repo(repo)?;
-    let (sid, snap) = r.find_snapshot_for(snapshot, &latest.filter())?;
+    // "latest" is the newest physical base backup.
+    let mut filter = latest.filter();
+    filter.source = Some("postgres".into());
+    filter
+        .paths
+        .push(backstop::source::postgres::BASE_TAR.into());
+    let (sid, snap) = r.find_snapshot_for(snapshot, &filter)?;
     let mut argv = self_command(ctx, repo, "wal-fetch")?;
     argv.extend(["%f".into(), "%p".into()]);
     // %f and %p must reach PostgreSQL unquoted; everything else is quoted for its shell.

@@ -638,8 +638,12 @@ fn a_snapshot_of_several_databases_restores_each_under_its_own_name() {
     for db in [&a, &b] {
         mariadb(None, &format!("DROP DATABASE `{db}`"));
     }
+    // A newer file backup in the same repository: "latest" still means the newest dump.
+    let files = env.path("files");
+    write(&files.join("f"), b"f");
+    env.backup(&files, &[]);
     // No database in the URL and none named: every one, under its own name.
-    let out = restore_db(&env, &id, MY, &[]);
+    let out = restore_db(&env, "latest", MY, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["restored"].as_array().unwrap().len(), 2, "{v}");
