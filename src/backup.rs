@@ -2,7 +2,7 @@
 //!
 //! Every source goes the same way: it is opened (its input checked) before the lock is
 //! taken; the parent is the latest snapshot of the same source kind and key on this host;
-//! the source stores its content through one [`Ingest`] (chunk, hash, dedup, compress,
+//! the source stores its content through one [`Ingest`](crate::pipeline::Ingest) (chunk, hash, dedup, compress,
 //! seal, pack, upload, read back); then [`commit`] writes the index and, last, the snapshot
 //! manifest. A failure anywhere stops the backup before the manifest: no partial snapshot
 //! is visible.
@@ -18,9 +18,10 @@ use crate::repo::lock::LockGuard;
 use crate::repo::{BackupKind, Id, IndexPack, Repo, Snapshot, Summary};
 use crate::source::Source;
 use crate::source::command::{Command, CommandOptions};
+use crate::source::db::{DbOptions, Engine};
 use crate::source::files::{Files, FilesOptions};
-use crate::source::mysql::{Mysql, MysqlOptions};
-use crate::source::postgres::{Postgres, PostgresOptions};
+use crate::source::mysql::Mysql;
+use crate::source::postgres::Postgres;
 
 /// What to back up and how.
 #[derive(Clone, Debug, Default)]
@@ -55,10 +56,8 @@ pub enum SourceOptions {
     Files(FilesOptions),
     /// A command's standard output.
     Command(CommandOptions),
-    /// PostgreSQL databases, dumped logically.
-    Postgres(PostgresOptions),
-    /// MariaDB/MySQL databases, dumped logically.
-    Mysql(MysqlOptions),
+    /// PostgreSQL or MariaDB/MySQL databases (the URL says which).
+    Database(DbOptions),
 }
 
 impl Default for SourceOptions {
@@ -79,8 +78,10 @@ impl SourceOptions {
                 host,
             )?),
             SourceOptions::Command(o) => Box::new(Command::open(o.clone(), host)?),
-            SourceOptions::Postgres(o) => Box::new(Postgres::open(o.clone(), host)?),
-            SourceOptions::Mysql(o) => Box::new(Mysql::open(o.clone(), host)?),
+            SourceOptions::Database(o) => match o.conn.url.engine {
+                Engine::Postgres => Box::new(Postgres::open(o.clone(), host)?),
+                Engine::Mysql => Box::new(Mysql::open(o.clone(), host)?),
+            },
         })
     }
 }

@@ -115,27 +115,13 @@ impl DatabaseSource {
             password_env: self.password_env.clone(),
             password_file: self.password_file.clone(),
         };
-        let conn = Connection::new(url, &pw, env)?;
-        let (databases, bin_dir, timeout) = (
-            self.databases.clone(),
-            self.client_bin.clone(),
-            self.timeout,
-        );
-        Ok(match engine {
-            Engine::Postgres => SourceOptions::Postgres(crate::source::postgres::PostgresOptions {
-                conn,
-                databases,
-                bin_dir,
-                timeout,
-                physical: self.mode == DatabaseMode::Physical,
-            }),
-            Engine::Mysql => SourceOptions::Mysql(crate::source::mysql::MysqlOptions {
-                conn,
-                databases,
-                bin_dir,
-                timeout,
-            }),
-        })
+        Ok(SourceOptions::Database(crate::source::db::DbOptions {
+            conn: Connection::new(url, &pw, env)?,
+            databases: self.databases.clone(),
+            bin_dir: self.client_bin.clone(),
+            timeout: self.timeout,
+            physical: self.mode == DatabaseMode::Physical,
+        }))
     }
 }
 

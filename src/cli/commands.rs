@@ -826,23 +826,15 @@ fn database_source(
         password_env: args.db_password_env.clone(),
         password_file: args.db_password_file.clone(),
     };
-    let conn = Connection::new(url, &pw, &env)?;
-    let (databases, bin_dir) = (args.databases.clone(), args.client_bin.clone());
-    Ok(Some(match engine {
-        Engine::Postgres => SourceOptions::Postgres(backstop::source::postgres::PostgresOptions {
-            conn,
-            databases,
-            bin_dir,
+    Ok(Some(SourceOptions::Database(
+        backstop::source::db::DbOptions {
+            conn: Connection::new(url, &pw, &env)?,
+            databases: args.databases.clone(),
+            bin_dir: args.client_bin.clone(),
             timeout,
             physical: args.physical,
-        }),
-        Engine::Mysql => SourceOptions::Mysql(backstop::source::mysql::MysqlOptions {
-            conn,
-            databases,
-            bin_dir,
-            timeout,
-        }),
-    }))
+        },
+    )))
 }
 
 fn backup(ctx: &Ctx, args: &BackupArgs) -> Result<()> {

@@ -407,6 +407,61 @@ pub fn dump_database(file: &str, suffix: &str) -> Option<String> {
         .map(|d| d.into_owned())
 }
 
+/// What to back up from a database server (PostgreSQL or MariaDB/MySQL, by the URL).
+#[derive(Clone, Debug)]
+pub struct DbOptions {
+    /// The server (and, when `databases` is empty, the one database the URL names).
+    pub conn: Connection,
+    /// Databases to dump; empty: the URL's database, or every one on the server.
+    pub databases: Vec<String>,
+    /// Where the client tools are; `None`: `PATH`.
+    pub bin_dir: Option<PathBuf>,
+    /// Stop a dump (and the backup) after this long.
+    pub timeout: Option<std::time::Duration>,
+    /// A physical base backup of the whole cluster instead of dumps (PostgreSQL only;
+    /// `databases` must be empty).
+    pub physical: bool,
+}
+
+/// One client tool's output to store as a file of a database snapshot.
+pub struct Dump {
+    /// The file name in the snapshot.
+    pub file: String,
+    /// The tool and what it dumps, for messages ("pg_dump of database 'x' on …").
+    pub shown: String,
+    /// The tool, its connection and arguments set.
+    pub cmd: std::process::Command,
+}
+
+/// Runs `dumps` one after the other, each streamed into `ingest` as a file (stopped after
+/// `timeout`), and stores them as the snapshot's one flat tree.
+pub fn store_dumps(
+    ingest: &crate::pipeline::Ingest,
+    timeout: Option<std::time::Duration>,
+    dumps: Vec<Dump>,
+) -> Result<crate::source::Read> {
+    use crate::source::command::{Run, file_node};
+    let mut nodes = Vec::with_capacity(dumps.len());
+    for Dump { file, shown, cmd } in dumps {
+        let started = crate::repo::Timestamp::now();
+        let run = Run {
+            shown,
+            timeout,
+            one_line: true,
+        };
+        let (content, size) = run.store(ingest, cmd)?;
+        tracing::info!("{}: {size} bytes", run.shown);
+        nodes.push(file_node(&file, content, size, started));
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(crate::source::Read {
+        tree: ingest.store_tree(&crate::repo::Tree { nodes })?,
+        root: None,
+        read_all: true,
+        wal_start: None,
+    })
+}
+
 /// A database source's stable key: host, server (without user or password) and the
 /// databases, or `*` for "every database" (so that one more database on the server keeps
 /// the same group of snapshots).

@@ -4,7 +4,7 @@
 //! as `base.tar` (see [`BASE_TAR`]).
 //!
 //! Every dump streams into the pipeline as `pg_dump` writes it (no temporary file) through
-//! [`Run::store`], the runner of the `command` source. The dumps are uncompressed so that
+//! [`crate::source::command::Run::store`] (through [`store_dumps`]), the runner of the `command` source. The dumps are uncompressed so that
 //! content-defined chunking finds the parts that did not change: a second backup of an
 //! unchanged database stores almost nothing (repository compression does the rest).
 //!
@@ -17,13 +17,14 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::Ingest;
-use crate::repo::{Snapshot, Timestamp, Tree};
-use crate::source::command::{Run, file_node, last_lines};
-use crate::source::db::{Connection, dump_file, select_databases, source_key};
+use crate::repo::Snapshot;
+use crate::source::command::last_lines;
+use crate::source::db::{
+    Connection, DbOptions, Dump, dump_file, select_databases, source_key, store_dumps,
+};
 use crate::source::{Read, Source};
 
 /// The file holding roles and tablespaces.
@@ -41,31 +42,16 @@ pub const SUFFIX: &str = ".pgdump";
 /// `wal-fetch`.
 pub const BASE_TAR: &str = "base.tar";
 
-/// What to dump from a PostgreSQL server.
-#[derive(Clone, Debug)]
-pub struct PostgresOptions {
-    /// The server (and, when `databases` is empty, the one database the URL names).
-    pub conn: Connection,
-    /// Databases to dump; empty: the URL's database, or every connectable non-template one.
-    pub databases: Vec<String>,
-    /// Where `pg_dump`, `pg_dumpall` and `psql` are; `None`: `PATH`.
-    pub bin_dir: Option<PathBuf>,
-    /// Stop a dump (and the backup) after this long.
-    pub timeout: Option<Duration>,
-    /// A physical base backup of the cluster instead of dumps (`databases` must be empty).
-    pub physical: bool,
-}
-
 /// The `postgres` source, connected and its databases listed.
 pub struct Postgres {
-    opts: PostgresOptions,
+    opts: DbOptions,
     host: String,
     databases: Vec<String>,
 }
 
 impl Postgres {
     /// Checks the tools and the server, and lists the databases to dump.
-    pub fn open(opts: PostgresOptions, host: &str) -> Result<Postgres> {
+    pub fn open(opts: DbOptions, host: &str) -> Result<Postgres> {
         let shown = opts.conn.url.server().shown();
         let name = if opts.physical {
             "pg_basebackup"
@@ -147,7 +133,6 @@ impl Postgres {
 
     /// A physical backup: `pg_basebackup`'s tar stream stored as [`BASE_TAR`].
     fn base_backup(&self, ingest: &Ingest) -> Result<Read> {
-        let started = Timestamp::now();
         // The segment being written now: the backup's start checkpoint comes after it, so
         // its recovery needs nothing before it. A standby cannot say (`None`: keep all).
         let db0 = self.opts.conn.url.database.as_deref().unwrap_or("postgres");
@@ -170,19 +155,14 @@ impl Postgres {
             "--label=backstop",
             "--no-password",
         ]);
-        let run = Run {
+        let dump = Dump {
+            file: BASE_TAR.to_string(),
             shown: format!("pg_basebackup of {}", self.opts.conn.url.server().shown()),
-            timeout: self.opts.timeout,
-            one_line: true,
+            cmd,
         };
-        let (content, size) = run.store(ingest, cmd)?;
-        tracing::info!("base backup: {size} bytes");
-        let node = file_node(BASE_TAR, content, size, started);
         Ok(Read {
-            tree: ingest.store_tree(&Tree { nodes: vec![node] })?,
-            root: None,
-            read_all: true,
             wal_start,
+            ..store_dumps(ingest, self.opts.timeout, vec![dump])?
         })
     }
 }
@@ -218,42 +198,27 @@ impl Source for Postgres {
             return self.base_backup(ingest);
         }
         let shown = self.opts.conn.url.server().shown();
-        let mut nodes = Vec::new();
-        let started = Timestamp::now();
         let mut cmd = std::process::Command::new(tool(&self.opts.bin_dir, "pg_dumpall"));
         cmd.args(["--globals-only", "--no-password"]);
         self.opts.conn.apply(&mut cmd);
         // pg_dumpall picks its own database to connect to.
         cmd.env_remove("PGDATABASE");
-        let run = Run {
+        let mut dumps = vec![Dump {
+            file: GLOBALS.to_string(),
             shown: format!("pg_dumpall --globals-only of {shown}"),
-            timeout: self.opts.timeout,
-            one_line: true,
-        };
-        let (content, size) = run.store(ingest, cmd)?;
-        nodes.push(file_node(GLOBALS, content, size, started));
-        for db in &self.databases {
-            let started = Timestamp::now();
+            cmd,
+        }];
+        dumps.extend(self.databases.iter().map(|db| {
             let mut cmd = std::process::Command::new(tool(&self.opts.bin_dir, "pg_dump"));
             cmd.args(["--format=custom", "--compress=0", "--no-password"]);
             self.opts.conn.with_database(db).apply(&mut cmd);
-            let run = Run {
+            Dump {
+                file: dump_file(db, SUFFIX),
                 shown: format!("pg_dump of database '{db}' on {shown}"),
-                timeout: self.opts.timeout,
-                one_line: true,
-            };
-            let (content, size) = run.store(ingest, cmd)?;
-            tracing::info!("dumped database '{db}': {size} bytes");
-            nodes.push(file_node(&dump_file(db, SUFFIX), content, size, started));
-        }
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let tree = ingest.store_tree(&Tree { nodes })?;
-        Ok(Read {
-            tree,
-            root: None,
-            read_all: true,
-            wal_start: None,
-        })
+                cmd,
+            }
+        }));
+        store_dumps(ingest, self.opts.timeout, dumps)
     }
 }
 
@@ -284,7 +249,7 @@ pub(crate) const PSQL_QUERY: [&str; 7] = [
 ];
 
 /// Runs one `psql` query against database `db` and returns its unaligned, tuples-only output.
-fn query(opts: &PostgresOptions, db: &str, sql: &str) -> Result<String> {
+fn query(opts: &DbOptions, db: &str, sql: &str) -> Result<String> {
     let psql = tool(&opts.bin_dir, "psql");
     let conn = opts.conn.with_database(db);
     output(
