@@ -110,7 +110,7 @@ pub fn to_datadir(
         .and_then(|root| {
             let counts = unpack(reader, dir, &opts.cancel)?;
             write_recovery(dir, opts)?;
-            sync_all(&root, dir)?;
+            make_durable(&root, dir)?;
             Ok(counts)
         });
     match res {
@@ -173,14 +173,11 @@ fn bad_tar(e: std::io::Error) -> Error {
 ///
 /// One `syncfs` instead of an `fsync` per file and directory: on a disk with a volatile
 /// write cache each `fsync` of a new file is a journal commit and a cache flush, and a
-/// cluster has a thousand small files. pgBackRest syncs each; measured here, one `syncfs`
-/// restores the pgbench cluster about 10 % faster than pgBackRest, `fsync`s on a thread
-/// pool about 10 % slower, and large files written with `O_DIRECT` slower still (see
-/// DECISIONS). `syncfs` reports a write-back error of any file of the file system since
-/// `root` was opened (Linux 5.8; PostgreSQL's `recovery_init_sync_method = syncfs` relies
-/// on the same); it also writes back other programs' dirty data of that file system,
-/// which only costs time.
-fn sync_all(root: &File, dir: &Path) -> Result<()> {
+/// cluster has a thousand small files (measured in DECISIONS). `syncfs` reports a
+/// write-back error of any file of the file system since `root` was opened (Linux 5.8, the
+/// guarantee PostgreSQL's `recovery_init_sync_method = syncfs` rests on); it also writes
+/// back other programs' dirty data of that file system, which only costs time.
+fn make_durable(root: &File, dir: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: syncfs takes an open descriptor and touches no memory.
     match unsafe { libc::syncfs(root.as_raw_fd()) } {
