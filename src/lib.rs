@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod cancel;
 pub mod catalog;
+pub mod chan;
 pub mod config;
 pub mod error;
 pub mod failpoint;

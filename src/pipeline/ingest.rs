@@ -18,7 +18,7 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use crate::chan::{Receiver, Sender, bounded};
 
 use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};

@@ -33,6 +33,9 @@ pub struct FileTask {
     /// (device, inode) of the temporary file, which keeps it when renamed.
     ino: OnceLock<(u64, u64)>,
     remaining: AtomicU64,
+    /// Where the last chunk ends: the file's length once written (a shorter file ends in
+    /// a hole, made by setting its length).
+    end: u64,
     failed: Mutex<Option<String>>,
     done: AtomicBool,
 }
@@ -46,20 +49,31 @@ struct Created {
 impl FileTask {
     /// A file whose content goes to a temporary name next to `path`, then to `path`.
     pub fn new(path: PathBuf, node: Node) -> FileTask {
-        let chunks = node
-            .content
-            .iter()
-            .filter(|p| matches!(p, Piece::Chunk(..)))
-            .count() as u64;
-        FileTask {
+        let (mut chunks, mut at, mut end) = (0, 0u64, 0);
+        for p in &node.content {
+            at = at.saturating_add(p.len());
+            if matches!(p, Piece::Chunk(..)) {
+                chunks += 1;
+                end = at;
+            }
+        }
+        let task = FileTask {
+            remaining: AtomicU64::new(chunks),
+            end,
             path,
-            node,
             created: Mutex::new(None),
             ino: OnceLock::new(),
-            remaining: AtomicU64::new(chunks),
             failed: Mutex::new(None),
             done: AtomicBool::new(false),
+            node,
+        };
+        if at > task.node.size {
+            task.fail(format!(
+                "the snapshot lists {at} bytes of content for a file of {} bytes",
+                task.node.size
+            ));
         }
+        task
     }
 
     /// Chunks of the file.
@@ -79,14 +93,17 @@ impl FileTask {
             return Ok(c.file.clone());
         }
         let (tmp, f) = temps.create_file(&self.path)?;
-        match f.metadata() {
-            Ok(m) => {
-                use std::os::unix::fs::MetadataExt;
-                let _ = self.ino.set((m.dev(), m.ino()));
-            }
-            Err(e) => {
-                temps.discard(&tmp);
-                return Err(format!("cannot look at the new file: {e}"));
+        // Only a hard link's first file is looked at: its later links check its inode.
+        if self.node.links > 1 {
+            match f.metadata() {
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    let _ = self.ino.set((m.dev(), m.ino()));
+                }
+                Err(e) => {
+                    temps.discard(&tmp);
+                    return Err(format!("cannot look at the new file: {e}"));
+                }
             }
         }
         let file = Arc::new(f);
@@ -128,27 +145,12 @@ impl FileTask {
             temps.discard(&tmp);
             return;
         }
-        let len = match file.metadata() {
-            Ok(m) => m.len(),
-            Err(e) => {
-                self.fail(format!("cannot look at the written file: {e}"));
-                temps.discard(&tmp);
-                return;
-            }
-        };
-        let sized = if len < self.node.size {
-            file.set_len(self.node.size)
-                .map_err(|e| format!("cannot size the file: {e}"))
-        } else if len > self.node.size {
-            Err(format!(
-                "wrote {len} bytes where the snapshot has {}",
-                self.node.size
-            ))
-        } else {
-            Ok(())
-        };
-        if let Err(reason) = sized {
-            self.fail(reason);
+        // The file was made empty (`O_EXCL`) and holds exactly the chunks written, so its
+        // length is where the last one ends; content past the size was refused in `new`.
+        if self.end < self.node.size
+            && let Err(e) = file.set_len(self.node.size)
+        {
+            self.fail(format!("cannot size the file: {e}"));
             temps.discard(&tmp);
             return;
         }

@@ -85,6 +85,12 @@ impl Destination for Directory {
         let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
         let mut walk = plan.walk()?;
         let mut skip_under: Option<PathBuf> = None;
+        // Directories this restore made (or found empty), innermost last, along the path to
+        // the current entry: nothing is in the way below them, so nothing is looked at.
+        let mut fresh: Vec<PathBuf> = Vec::new();
+        if dir_is_empty(&target) {
+            fresh.push(target.clone());
+        }
         loop {
             let mut files: Vec<FileTask> = Vec::new();
             let mut deferred: Vec<(usize, PathBuf)> = Vec::new();
@@ -100,6 +106,16 @@ impl Destination for Directory {
                 }
                 let path = target.join(&item.rel);
                 let node = item.node;
+                while fresh.last().is_some_and(|d| !path.starts_with(d)) {
+                    fresh.pop();
+                }
+                let decide = |node: &Node| {
+                    if fresh.is_empty() {
+                        entry::decide(&path, node, overwrite)
+                    } else {
+                        Ok(Decision::Create)
+                    }
+                };
                 let mut fail = |reason: String| {
                     tracing::debug!("{}: {reason}", path.display());
                     out.failed.push((path.display().to_string(), reason));
@@ -108,6 +124,9 @@ impl Destination for Directory {
                     NodeKind::Dir => match entry::make_dir(&path, overwrite) {
                         Ok(made) => {
                             out.dirs += 1;
+                            if made {
+                                fresh.push(path.clone());
+                            }
                             if made || overwrite == Overwrite::Always {
                                 dirs.push((path, node));
                             }
@@ -128,7 +147,7 @@ impl Destination for Directory {
                                 }
                             }
                         }
-                        match entry::decide(&path, &node, overwrite) {
+                        match decide(&node) {
                             Err(reason) => {
                                 fail(reason);
                                 continue;
@@ -168,7 +187,7 @@ impl Destination for Directory {
                             break;
                         }
                     }
-                    _ => match entry::decide(&path, &node, overwrite) {
+                    _ => match decide(&node) {
                         Err(reason) => fail(reason),
                         Ok(Decision::Keep) => out.kept += 1,
                         Ok(_) => match temps.make_special(&path, &node, &mut out.warnings) {
@@ -236,6 +255,11 @@ impl Destination for Directory {
         );
         Ok(())
     }
+}
+
+/// Whether `dir` holds no entries (false if it cannot be read).
+fn dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 fn prepare_target(target: &Path) -> Result<PathBuf> {

@@ -215,11 +215,9 @@ impl Temps {
     }
 
     /// Renames the finished `tmp` to `path`, replacing a non-directory there.
+    /// `rename` never replaces a directory with a non-directory (`EISDIR`), so nothing is
+    /// looked at first.
     pub fn place(&self, tmp: &Path, path: &Path) -> Result<(), Failure> {
-        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-            self.discard(tmp);
-            return Err("a directory is in the way (directories are never replaced)".into());
-        }
         match std::fs::rename(tmp, path) {
             Ok(()) => {
                 self.done(tmp);
@@ -227,7 +225,12 @@ impl Temps {
             }
             Err(e) => {
                 self.discard(tmp);
-                Err(format!("cannot put it in place: {}", why(&e)))
+                Err(match e.raw_os_error() {
+                    Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => {
+                        "a directory is in the way (directories are never replaced)".into()
+                    }
+                    _ => format!("cannot put it in place: {}", why(&e)),
+                })
             }
         }
     }

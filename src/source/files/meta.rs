@@ -125,6 +125,8 @@ pub fn open_for_backup(path: &Path) -> std::io::Result<File> {
 }
 
 /// The data extents `(offset, len)` of a file of `size` bytes; one extent unless sparse.
+///
+/// Leaves the file offset at 0.
 pub fn data_extents(file: &File, meta: &Metadata) -> std::io::Result<Vec<(u64, u64)>> {
     let size = meta.size();
     if size == 0 {
@@ -135,25 +137,31 @@ pub fn data_extents(file: &File, meta: &Metadata) -> std::io::Result<Vec<(u64, u
         return Ok(vec![(0, size)]);
     }
     use nix::unistd::{Whence, lseek};
-    let mut out = Vec::new();
-    let mut pos: i64 = 0;
-    let size = size as i64;
-    while pos < size {
-        let start = match lseek(file, pos, Whence::SeekData) {
-            Ok(s) => s,
-            Err(nix::errno::Errno::ENXIO) => break,
-            Err(nix::errno::Errno::EINVAL) => return Ok(vec![(0, size as u64)]),
-            Err(e) => return Err(e.into()),
-        };
-        let end = match lseek(file, start, Whence::SeekHole) {
-            Ok(e) => e.min(size),
-            Err(e) => return Err(e.into()),
-        };
-        if end > start {
-            out.push((start as u64, (end - start) as u64));
+    let scan = || -> std::io::Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        let mut pos: i64 = 0;
+        let size = size as i64;
+        while pos < size {
+            let start = match lseek(file, pos, Whence::SeekData) {
+                Ok(s) => s,
+                Err(nix::errno::Errno::ENXIO) => break,
+                Err(nix::errno::Errno::EINVAL) => return Ok(vec![(0, size as u64)]),
+                Err(e) => return Err(e.into()),
+            };
+            let end = match lseek(file, start, Whence::SeekHole) {
+                Ok(e) => e.min(size),
+                Err(e) => return Err(e.into()),
+            };
+            if end > start {
+                out.push((start as u64, (end - start) as u64));
+            }
+            pos = end;
         }
-        pos = end;
-    }
+        Ok(out)
+    };
+    let out = scan()?;
+    // The reader expects the offset where `open` left it.
+    lseek(file, 0, Whence::SeekSet)?;
     Ok(out)
 }
 

@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crate::chan::{Receiver, Sender, bounded, unbounded};
 
 use super::{FilesOptions, Patterns, meta as files};
 use crate::error::{Error, ErrorKind, Result};
@@ -142,17 +142,27 @@ fn read_file(sh: &Ctx, buf: &mut Vec<u8>, job: &FileJob) -> Result<FileContent> 
     let mut pieces = Vec::new();
     let mut pos = 0u64;
     let mut short = false;
+    // The file offset, known so that only holes cost a seek.
+    let mut offset = 0u64;
+    let seek = |f: &mut std::fs::File, offset: &mut u64, to: u64| -> Result<()> {
+        if *offset != to {
+            f.seek(SeekFrom::Start(to))
+                .map_err(|e| Error::io("seeking in", path, e))?;
+            *offset = to;
+        }
+        Ok(())
+    };
     for (start, len) in extents {
         if start > pos {
             pieces.push(Piece::Hole(start - pos));
         }
-        f.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io("seeking in", path, e))?;
+        seek(&mut f, &mut offset, start)?;
         let read = sh
             .ingest
             .append_stream((&mut f).take(len), len, Chunking::Content, buf, &mut pieces)
             .map_err(|e| e.context(format!("reading {}", path.display())))?;
         pos = start + read;
+        offset = pos;
         if read < len {
             // Shorter than `stat` said: truncated while read, or a pseudo-file (sysfs
             // reports 4096 bytes for 23). What was read is the content; no padding.
@@ -169,8 +179,7 @@ fn read_file(sh: &Ctx, buf: &mut Vec<u8>, job: &FileJob) -> Result<FileContent> 
         // Then read on to the end of the file: pseudo-files report a size of 0 whatever
         // they hold (/proc), and a file growing while read is read to where it ends now.
         // A small probe first, so the common case (nothing more) costs one read.
-        f.seek(SeekFrom::Start(pos))
-            .map_err(|e| Error::io("seeking in", path, e))?;
+        seek(&mut f, &mut offset, pos)?;
         let mut probe = [0u8; 4096];
         let n = loop {
             match f.read(&mut probe) {
