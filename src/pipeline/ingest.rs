@@ -167,7 +167,8 @@ pub fn run<T>(
             (rx, tx)
         },
         written: Mutex::new(Vec::new()),
-        spare_chunks: bounded(settings.threads.max(1)),
+        // One per chunk in flight: queued, and being sealed.
+        spare_chunks: bounded(2 * settings.threads.max(1)),
         error: Mutex::new(None),
         aborted: AtomicBool::new(false),
         lock,
