@@ -6,7 +6,8 @@
 //! batch. The pack workers ([`content`]) create each file under its temporary name when its
 //! first chunk arrives, write the chunks at their offsets, and give the file its metadata
 //! and final name when its last chunk is written: the walk does no per-file I/O beyond one
-//! `lstat`, so creating files runs in parallel too.
+//! `lstat` (none below a directory it made, or in a target that was empty), so creating
+//! files runs in parallel too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
