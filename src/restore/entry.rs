@@ -69,6 +69,9 @@ fn why(e: &std::io::Error) -> String {
     }
 }
 
+/// Why a non-directory cannot be restored where a directory is.
+const DIR_IN_THE_WAY: &str = "a directory is in the way (directories are never replaced)";
+
 /// Decides what to do at `path`, where the non-directory `node` goes.
 pub fn decide(path: &Path, node: &Node, mode: Overwrite) -> Result<Decision, Failure> {
     let m = match std::fs::symlink_metadata(path) {
@@ -77,7 +80,7 @@ pub fn decide(path: &Path, node: &Node, mode: Overwrite) -> Result<Decision, Fai
         Err(e) => return Err(format!("cannot look at the existing entry: {}", why(&e))),
     };
     if m.is_dir() {
-        return Err("a directory is in the way (directories are never replaced)".into());
+        return Err(DIR_IN_THE_WAY.into());
     }
     Ok(match mode {
         Overwrite::Never => Decision::Keep,
@@ -227,7 +230,7 @@ impl Temps {
                 self.discard(tmp);
                 Err(match e.raw_os_error() {
                     Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST) => {
-                        "a directory is in the way (directories are never replaced)".into()
+                        DIR_IN_THE_WAY.into()
                     }
                     _ => format!("cannot put it in place: {}", why(&e)),
                 })

@@ -137,29 +137,28 @@ pub fn data_extents(file: &File, meta: &Metadata) -> std::io::Result<Vec<(u64, u
         return Ok(vec![(0, size)]);
     }
     use nix::unistd::{Whence, lseek};
-    let scan = || -> std::io::Result<Vec<(u64, u64)>> {
-        let mut out = Vec::new();
-        let mut pos: i64 = 0;
-        let size = size as i64;
-        while pos < size {
-            let start = match lseek(file, pos, Whence::SeekData) {
-                Ok(s) => s,
-                Err(nix::errno::Errno::ENXIO) => break,
-                Err(nix::errno::Errno::EINVAL) => return Ok(vec![(0, size as u64)]),
-                Err(e) => return Err(e.into()),
-            };
-            let end = match lseek(file, start, Whence::SeekHole) {
-                Ok(e) => e.min(size),
-                Err(e) => return Err(e.into()),
-            };
-            if end > start {
-                out.push((start as u64, (end - start) as u64));
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    let size = size as i64;
+    while pos < size {
+        let start = match lseek(file, pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(nix::errno::Errno::EINVAL) => {
+                out = vec![(0, size as u64)];
+                break;
             }
-            pos = end;
+            Err(e) => return Err(e.into()),
+        };
+        let end = match lseek(file, start, Whence::SeekHole) {
+            Ok(e) => e.min(size),
+            Err(e) => return Err(e.into()),
+        };
+        if end > start {
+            out.push((start as u64, (end - start) as u64));
         }
-        Ok(out)
-    };
-    let out = scan()?;
+        pos = end;
+    }
     // The reader expects the offset where `open` left it.
     lseek(file, 0, Whence::SeekSet)?;
     Ok(out)
