@@ -23,3 +23,18 @@ pub fn recycle(buf: &mut Vec<u8>) {
         buf.clear();
     }
 }
+
+/// A buffer of `capacity` bytes for one pack: asks the kernel to back it with 2 MiB pages,
+/// so filling it costs a few faults instead of one per 4 KiB (a 16 MiB pack took 4,096).
+pub fn pack_buffer(capacity: usize) -> Vec<u8> {
+    const HUGE: usize = 2 << 20;
+    let v = Vec::with_capacity(capacity);
+    let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (v.as_ptr() as usize + capacity) & !(HUGE - 1);
+    if end > start {
+        // SAFETY: the range lies inside the allocation, and MADV_HUGEPAGE changes only how
+        // its pages are backed, never their contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+    v
+}

@@ -82,6 +82,8 @@ pub struct Repo {
     storage: Storage,
     config: RepoConfig,
     crypto: Arc<Crypto>,
+    /// Built once: its gear tables are the same for every stream.
+    chunker: Chunker,
 }
 
 impl Repo {
@@ -162,11 +164,7 @@ impl Repo {
             Ok(crypto)
         })();
         match res {
-            Ok(crypto) => Ok(Repo {
-                storage,
-                config,
-                crypto: Arc::new(crypto),
-            }),
+            Ok(crypto) => Ok(Repo::new(storage, config, crypto)),
             Err(e) => {
                 // Config first: without it nothing here is a repository any more.
                 for path in written.iter().rev() {
@@ -263,11 +261,16 @@ impl Repo {
             }
             Crypto::None
         };
-        Ok(Repo {
+        Ok(Repo::new(storage, config, crypto))
+    }
+
+    fn new(storage: Storage, config: RepoConfig, crypto: Crypto) -> Repo {
+        Repo {
+            chunker: Chunker::new(config.chunker, crypto.chunker_seed()),
             storage,
             config,
             crypto: Arc::new(crypto),
-        })
+        }
     }
 
     /// The storage.
@@ -286,8 +289,8 @@ impl Repo {
     }
 
     /// A chunker for this repository's parameters and key.
-    pub fn chunker(&self) -> Chunker {
-        Chunker::new(self.config.chunker, self.crypto.chunker_seed())
+    pub fn chunker(&self) -> &Chunker {
+        &self.chunker
     }
 
     /// How this repository cuts and names chunks, for a repository that is to share it.

@@ -91,7 +91,7 @@ impl Chunker {
 
     /// Reads `reader` to the end (at most `limit` bytes), calling `emit` with each chunk.
     ///
-    /// `buf` is a scratch buffer reused across calls; it grows to twice the maximum chunk.
+    /// `buf` is a scratch buffer reused across calls; it grows to 1.25 times the largest chunk.
     pub fn chunk_reader<R: Read, E>(
         &self,
         mut reader: R,
@@ -103,42 +103,49 @@ impl Chunker {
         E: From<std::io::Error>,
     {
         let max = self.max_size();
-        // Small files need only a small buffer (and touching 16 MiB per file costs).
-        let want = (2 * max).min(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX));
+        // Room for the largest chunk and then some: a refill moves only the unfinished chunk
+        // to the front. Small files need only a small buffer (touching 10 MiB per file costs).
+        let want =
+            (max + max / 4).min(usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX));
         let want = want.max(1);
         buf.reserve_exact(want.saturating_sub(buf.len()));
         buf.resize(want, 0);
         let (mut start, mut end, mut total, mut eof) = (0usize, 0usize, 0u64, false);
         loop {
-            if !eof && end - start < max {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-                while end < buf.len() && total < limit {
-                    let want = ((buf.len() - end) as u64).min(limit - total) as usize;
-                    let n = match reader.read(&mut buf[end..end + want]) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    end += n;
-                    total += n as u64;
-                }
-                eof = end < buf.len() || total >= limit;
-            }
-            if start == end {
+            if start == end && eof {
                 return Ok(total);
             }
-            let len = if eof && end - start <= self.params.min as usize {
-                end - start
+            let at_hand = end - start;
+            let len = if eof && at_hand <= self.params.min as usize {
+                at_hand
             } else {
                 self.cut(&buf[start..end])
             };
-            emit(&buf[start..start + len])?;
-            start += len;
+            // A cut before the end of the bytes at hand is final: FastCDC decides it from the
+            // bytes before it. A chunk that may reach past them waits for more.
+            if eof || len < at_hand || at_hand >= max {
+                debug_assert!(len > 0);
+                emit(&buf[start..start + len])?;
+                start += len;
+                continue;
+            }
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+            while end < buf.len() && total < limit {
+                let want = ((buf.len() - end) as u64).min(limit - total) as usize;
+                let n = match reader.read(&mut buf[end..end + want]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if n == 0 {
+                    break;
+                }
+                end += n;
+                total += n as u64;
+            }
+            eof = end < buf.len() || total >= limit;
         }
     }
 }
@@ -202,7 +209,45 @@ mod tests {
         assert_eq!((total, n), (3000, 3000));
     }
 
+    /// A reader that hands out at most `step` bytes per read.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
     proptest! {
+        #[test]
+        fn cuts_do_not_depend_on_how_the_input_arrives(
+            seed in any::<u64>(),
+            len in 0usize..60_000,
+            step in 1usize..10_000,
+        ) {
+            let c = small();
+            let d = data(seed, len);
+            // The cuts of the whole input at once.
+            let mut whole = Vec::new();
+            let mut at = 0;
+            while at < d.len() {
+                let n = c.cut(&d[at..]);
+                whole.push(d[at..at + n].to_vec());
+                at += n;
+            }
+            let mut read = Vec::new();
+            let mut buf = Vec::new();
+            c.chunk_reader::<_, std::io::Error>(Trickle(&d, step), u64::MAX, &mut buf, |ch| {
+                read.push(ch.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            prop_assert_eq!(read, whole);
+        }
+
         #[test]
         fn chunks_concatenate_to_input(seed in any::<u64>(), len in 0usize..50_000) {
             let d = data(seed, len);

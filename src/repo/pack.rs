@@ -203,7 +203,7 @@ impl Packer {
     pub fn new(target: usize) -> Self {
         Packer {
             target,
-            bytes: Vec::with_capacity(target + target / 4),
+            bytes: crate::pipeline::pack_buffer(target + target / 4),
             entries: Vec::new(),
         }
     }

@@ -5,9 +5,10 @@
 //! walker ──files──▶ readers (chunk, hash, dedup: Ingest::append_stream)
 //!        ◀─content─┘
 //! ```
-//! The walker waits for a directory's files before storing its tree, and for the directory
-//! it is in once too many files are in flight, so memory stays bounded however large the
-//! tree is.
+//! The walker stores a directory's tree once its files are read. Walked directories wait
+//! in their parent's list (so the readers never run dry) until too many entries wait: then
+//! the parent stores them. The readers' queue is bounded too, so memory stays bounded
+//! however large the tree is, except for the entries of the directories on the current path.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
@@ -16,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crate::chan::{Receiver, Sender, bounded, unbounded};
+use crate::chan::{Receiver, Sender, bounded};
 
 use super::{FilesOptions, Patterns, meta as files};
 use crate::error::{Error, ErrorKind, Result};
@@ -79,7 +80,7 @@ pub(super) fn run(
     parent: Option<Id>,
     threads: usize,
 ) -> Result<(Id, Option<Node>)> {
-    let (job_tx, job_rx) = unbounded::<FileJob>();
+    let (job_tx, job_rx) = bounded::<FileJob>(MAX_QUEUED_FILES);
     // The walker and readers log (and warn) in the job's span (its kind and run id).
     let span = &tracing::Span::current();
     std::thread::scope(|s| {
@@ -190,7 +191,7 @@ fn read_file(sh: &Ctx, buf: &mut Vec<u8>, job: &FileJob) -> Result<FileContent> 
         };
         if n > 0 {
             // In reads of at most 64 KiB: /proc/sys files allocate what is asked for
-            // (and fail with ENOMEM for the chunker's 16 MiB).
+            // (and fail with ENOMEM for the chunker's 10 MiB).
             let rest = std::io::Cursor::new(&probe[..n]).chain(SmallReads(&mut f));
             let read = sh
                 .ingest
@@ -235,16 +236,18 @@ enum PendingContent {
     Dir(Box<PendingTree>),
 }
 
-/// Files in flight above which the walker waits for the directory it is in before walking
-/// on. Deeper directories settle themselves first, so nodes waiting for content stay
-/// bounded however large the tree is.
-const MAX_PENDING_FILES: u64 = 4_096;
+/// Files queued for the readers at most: the walker waits for room.
+const MAX_QUEUED_FILES: usize = 4_096;
+
+/// Entries of walked directories waiting in their parents' lists above which the walker
+/// stores the waiting directories of the one it is in before walking on (about 1 MiB).
+const MAX_WAITING_ENTRIES: usize = 4_096;
 
 struct Walker<'s, 'a> {
     sh: &'s Ctx<'a>,
     jobs: Sender<FileJob>,
-    /// Files queued for the readers whose content the walker has not taken yet.
-    pending: std::cell::Cell<u64>,
+    /// Entries of the walked directories waiting in their parents' lists.
+    waiting: std::cell::Cell<usize>,
     /// Whether several paths were given: then the root mirrors `/` (see [`Walker::walk_roots`]).
     several: bool,
     /// The paths given: each is walked in full, on its own file system, wherever the walk
@@ -292,7 +295,7 @@ impl<'s, 'a> Walker<'s, 'a> {
         Walker {
             sh,
             jobs,
-            pending: std::cell::Cell::new(0),
+            waiting: std::cell::Cell::new(0),
             several,
             given,
             above,
@@ -479,8 +482,7 @@ impl Walker<'_, '_> {
                 .and_then(|p| p.subtree)
                 .and_then(|id| self.load_parent(&id));
             let sub = self.walk_above(&path, parent_tree.as_ref())?;
-            tree.nodes
-                .push((node, Some(PendingContent::Dir(Box::new(sub)))));
+            tree.nodes.push((node, Some(self.waiting_dir(sub))));
         }
         Ok(tree)
     }
@@ -575,7 +577,7 @@ impl Walker<'_, '_> {
                     }
                 };
                 let sub = self.walk_above(&path, None)?;
-                Some((node, Some(PendingContent::Dir(Box::new(sub)))))
+                Some((node, Some(self.waiting_dir(sub))))
             } else {
                 let n = self.entry(&path, &name, &meta, parent_node, root_dev, dir_dev)?;
                 if matches!(&n, Some((n, _)) if n.kind != NodeKind::Dir) {
@@ -584,9 +586,13 @@ impl Walker<'_, '_> {
                 n
             };
             if let Some(n) = node {
+                let dir = matches!(n.1, Some(PendingContent::Dir(_)));
                 tree.nodes.push(n);
-                if self.pending.get() > MAX_PENDING_FILES {
-                    self.settle(&mut tree)?;
+                // Store the directories walked before this one: their files are most
+                // likely read by now, where this one's may still be queued.
+                if dir && self.waiting.get() > MAX_WAITING_ENTRIES {
+                    let upto = tree.nodes.len() - 1;
+                    self.settle(&mut tree, upto)?;
                 }
             }
         }
@@ -632,7 +638,6 @@ impl Walker<'_, '_> {
                         reply: tx,
                     })
                     .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
-                self.pending.set(self.pending.get() + 1);
                 Ok(Some((
                     node,
                     Some(PendingContent::File(path.to_path_buf(), rx)),
@@ -665,7 +670,7 @@ impl Walker<'_, '_> {
                         .and_then(|id| self.load_parent(&id));
                     self.walk_dir(path, parent_tree.as_ref(), root_dev, meta.dev())?
                 };
-                Ok(Some((node, Some(PendingContent::Dir(Box::new(sub))))))
+                Ok(Some((node, Some(self.waiting_dir(sub)))))
             }
             _ => Ok(Some((node, None))),
         }
@@ -684,14 +689,21 @@ impl Walker<'_, '_> {
             })
     }
 
-    /// Waits for the content of the entries not settled yet; files that could not be read
-    /// are left out (with a warning).
-    fn settle(&self, tree: &mut PendingTree) -> Result<()> {
-        for (mut node, content) in tree.nodes.split_off(tree.settled) {
+    /// A walked directory, to wait in its parent's list.
+    fn waiting_dir(&self, sub: PendingTree) -> PendingContent {
+        self.waiting.set(self.waiting.get() + sub.nodes.len());
+        PendingContent::Dir(Box::new(sub))
+    }
+
+    /// Waits for the content of the entries before `upto` not settled yet (and stores the
+    /// directories among them); files that could not be read are left out (with a warning).
+    fn settle(&self, tree: &mut PendingTree, upto: usize) -> Result<()> {
+        let mut rest = tree.nodes.split_off(tree.settled);
+        let later = rest.split_off(upto - tree.settled);
+        for (mut node, content) in rest {
             match content {
                 None => {}
                 Some(PendingContent::File(path, rx)) => {
-                    self.pending.set(self.pending.get() - 1);
                     let res = rx
                         .recv()
                         .map_err(|_| Error::new(ErrorKind::Io, "backup aborted"))?;
@@ -722,17 +734,22 @@ impl Walker<'_, '_> {
                         }
                     }
                 }
-                Some(PendingContent::Dir(sub)) => node.subtree = Some(self.finish(*sub)?),
+                Some(PendingContent::Dir(sub)) => {
+                    self.waiting.set(self.waiting.get() - sub.nodes.len());
+                    node.subtree = Some(self.finish(*sub)?);
+                }
             }
             tree.nodes.push((node, None));
         }
         tree.settled = tree.nodes.len();
+        tree.nodes.extend(later);
         Ok(())
     }
 
     /// Waits for a directory's content, then stores its tree blob; returns the tree id.
     fn finish(&self, mut tree: PendingTree) -> Result<Id> {
-        self.settle(&mut tree)?;
+        let all = tree.nodes.len();
+        self.settle(&mut tree, all)?;
         let nodes = tree.nodes.into_iter().map(|(n, _)| n).collect();
         self.sh.ingest.store_tree(&Tree { nodes })
     }
