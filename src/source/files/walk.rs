@@ -698,9 +698,8 @@ impl Walker<'_, '_> {
     /// Waits for the content of the entries before `upto` not settled yet (and stores the
     /// directories among them); files that could not be read are left out (with a warning).
     fn settle(&self, tree: &mut PendingTree, upto: usize) -> Result<()> {
-        let mut rest = tree.nodes.split_off(tree.settled);
-        let later = rest.split_off(upto - tree.settled);
-        for (mut node, content) in rest {
+        let later = tree.nodes.split_off(upto);
+        for (mut node, content) in tree.nodes.split_off(tree.settled) {
             match content {
                 None => {}
                 Some(PendingContent::File(path, rx)) => {
