@@ -1,5 +1,6 @@
-//! The restore engine: plan, fetch, write. The plan walks the selected part of a snapshot
-//! tree once and counts it before anything is written; a [`Destination`] then writes it,
+//! The restore engine: plan, fetch, write. The plan counts the selection before anything is
+//! written (a selection or a dry run walks the tree for it; a whole snapshot is counted by
+//! its manifest); a [`Destination`] then writes it,
 //! fetching content through the plan: a [`Directory`] (parallel and out of order, never
 //! outside the destination, never through an existing entry), or one file's content in
 //! order to a [`Stream`] (`backstop dump`) or a command's standard input ([`ToCommand`]),
@@ -194,8 +195,9 @@ fn kind_name(k: NodeKind) -> String {
 /// ([`Stream`]) or a command's standard input ([`ToCommand`]); a database or a disk image
 /// later, each one more implementation.
 ///
-/// The engine plans first: it walks the selection once, counting it (and checking what is
-/// there, for a dry run) before anything is written. Then the destination gets a [`Plan`]
+/// The engine plans first: it counts the selection (walking it, and checking what is there
+/// for a dry run, unless the whole snapshot is restored) before anything is written. Then
+/// the destination gets a [`Plan`]
 /// and writes: it walks the same selection again and fetches content through the plan —
 /// out of order and in parallel into positions of files ([`Directory`]), or in order
 /// through [`Repo::content_reader`] (streams). Safety checks live with the destination
@@ -285,40 +287,49 @@ pub fn run_to(
         target_not_empty,
         ..Default::default()
     };
-    let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
-    while let Some(item) = walk.next_item()? {
-        check(&opts.cancel)?;
-        match item.node.kind {
-            NodeKind::File => {
-                planned.files += 1;
-                planned.bytes += item.node.size;
+    let mut walk_failed = Vec::new();
+    let mut unmatched = Vec::new();
+    if includes.is_none() && !opts.dry_run {
+        // The whole snapshot: its manifest counts it, and the walk would read every tree
+        // one more time before the first file is written.
+        planned.files = snap.summary.files;
+        planned.dirs = snap.summary.dirs;
+        planned.bytes = snap.summary.bytes_total;
+    } else {
+        let mut walk = Walk::new(repo, &index, snap.tree, includes.as_ref())?;
+        while let Some(item) = walk.next_item()? {
+            check(&opts.cancel)?;
+            match item.node.kind {
+                NodeKind::File => {
+                    planned.files += 1;
+                    planned.bytes += item.node.size;
+                }
+                NodeKind::Dir => planned.dirs += 1,
+                _ => planned.others += 1,
             }
-            NodeKind::Dir => planned.dirs += 1,
-            _ => planned.others += 1,
+            if opts.list {
+                planned.planned.push(Planned {
+                    path: opts.target.join(&item.rel).display().to_string(),
+                    kind: kind_name(item.node.kind),
+                    size: item.node.size,
+                    action: dest.action(&item),
+                });
+            }
         }
-        if opts.list {
-            planned.planned.push(Planned {
-                path: opts.target.join(&item.rel).display().to_string(),
-                kind: kind_name(item.node.kind),
-                size: item.node.size,
-                action: dest.action(&item),
-            });
+        unmatched = includes.as_ref().map(|i| i.unmatched()).unwrap_or_default();
+        for p in &unmatched {
+            tracing::debug!("--include '{p}' matches nothing in the snapshot");
         }
-    }
-    let named = |rel: &str| format!("{}{rel}", opts.target.display());
-    let unmatched = includes.as_ref().map(|i| i.unmatched()).unwrap_or_default();
-    for p in &unmatched {
-        tracing::debug!("--include '{p}' matches nothing in the snapshot");
-    }
-    let walk_failed = std::mem::take(&mut walk.failed);
-    drop(walk);
-    if opts.dry_run || planned.files + planned.dirs + planned.others == 0 {
-        planned.failed = walk_failed
-            .iter()
-            .map(|(p, r)| (named(p), r.clone()))
-            .collect();
-        planned.unmatched_includes = unmatched;
-        return Ok(planned);
+        walk_failed = walk.failed;
+        let named = |rel: &str| format!("{}{rel}", opts.target.display());
+        if opts.dry_run || planned.files + planned.dirs + planned.others == 0 {
+            planned.failed = walk_failed
+                .iter()
+                .map(|(p, r)| (named(p), r.clone()))
+                .collect();
+            planned.unmatched_includes = unmatched;
+            return Ok(planned);
+        }
     }
     progress.phase("restore", Some(planned.bytes));
     let plan = Plan {
@@ -339,7 +350,7 @@ pub fn run_to(
     dest.write(&plan, &mut out, progress)?;
     check(&opts.cancel)?;
     for (p, r) in &walk_failed {
-        let p = named(p);
+        let p = format!("{}{p}", opts.target.display());
         if !out.failed.iter().any(|(q, _)| *q == p) {
             out.failed.push((p, r.clone()));
         }

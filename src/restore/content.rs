@@ -1,22 +1,24 @@
-//! File content: chunks grouped by pack, packs read in parallel (coalesced range reads),
-//! each chunk decrypted, decompressed and checked against its id before it is written at
-//! its offsets into the file's temporary name. The worker with a file's first chunk
-//! creates the file (`O_EXCL | O_NOFOLLOW`, see [`Temps`]) and every worker writes through
-//! that one descriptor; the one with its last chunk sets its length (a trailing hole),
-//! metadata (through the descriptor) and final name. So the per-file system calls run in
-//! parallel, not in the walk. Holes are never written, so sparse files stay sparse. A file
-//! gets its final name once its last chunk is written; a missing or
-//! corrupt chunk fails only the files that need it (their temporary files are removed).
-//! Workers stop between packs and range reads once the restore is interrupted.
+//! File content: chunks grouped by pack into coalesced range reads, read in parallel by
+//! workers that live as long as the restore and take batches of files while the walk goes
+//! on; each chunk is decrypted, decompressed and checked against its id before it is
+//! written at its offsets into the file's temporary name. The worker with a file's first
+//! chunk creates the file (`O_EXCL | O_NOFOLLOW`, see [`Temps`]) and every worker writes
+//! through that one descriptor; the one with its last chunk sets its length (a trailing
+//! hole), metadata (through the descriptor) and final name. So the per-file system calls
+//! run in parallel, not in the walk. Holes are never written, so sparse files stay sparse.
+//! A file gets its final name once its last chunk is written; a missing or corrupt chunk
+//! fails only the files that need it (their temporary files are removed). Workers stop
+//! taking work once the restore is interrupted.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use super::entry::{Temps, apply_file_metadata};
+use crate::chan;
 use crate::progress::Progress;
 use crate::repo::pack;
 use crate::repo::reader::reread_blob;
@@ -175,84 +177,190 @@ impl FileTask {
 struct ContentCx<'a> {
     repo: &'a Repo,
     index: &'a Index,
-    files: &'a [FileTask],
     temps: &'a Temps,
     bytes: AtomicU64,
     warnings: Mutex<Vec<String>>,
     progress: &'a dyn Progress,
 }
 
-/// A blob to write: its index entry, the file (position in `files`) and the offset.
+/// A blob to write: its index entry, the file (position in the batch) and the offset.
 type Write = (crate::repo::index::Entry, usize, u64);
 
-/// Writes the content of a batch of files, pack by pack in parallel, and completes them.
-/// Returns the bytes written; warnings are added to `warnings`.
-pub fn restore(
+/// Files handed to the workers together: memory stays bounded by the batch's size.
+pub struct Batch {
+    /// The files, in the order they were given.
+    pub files: Vec<FileTask>,
+    /// Work items not finished yet.
+    left: Mutex<usize>,
+    finished: Condvar,
+}
+
+/// One work item: a range read of a pack (`pack_no`, its blobs), or a file without chunks.
+enum Work {
+    Range(u32, Vec<Write>),
+    Empty(usize),
+}
+
+/// The content workers of one restore, taking batches while the walk goes on.
+pub struct Workers<'a> {
+    cx: &'a ContentCx<'a>,
+    queue: chan::Sender<(Arc<Batch>, Work)>,
+}
+
+/// Runs `body` with `threads` content workers; returns what it returned and the bytes
+/// written. Warnings are added to `warnings`.
+pub fn with_workers<R>(
     repo: &Repo,
     index: &Index,
-    files: &[FileTask],
     temps: &Temps,
     threads: usize,
     progress: &dyn Progress,
     warnings: &mut Vec<String>,
-) -> u64 {
-    let mut by_pack: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
-    for (fi, f) in files.iter().enumerate() {
-        let mut offset = 0u64;
-        for p in &f.node.content {
-            if let Piece::Chunk(id, len) = p {
-                match index.get(id) {
-                    Some(e) if e.raw_len == *len => {
-                        by_pack.entry(e.pack).or_default().push((*e, fi, offset))
-                    }
-                    _ => f.fail(format!(
-                        "chunk {} is missing from the repository",
-                        id.short()
-                    )),
-                }
-            }
-            offset += p.len();
-        }
-    }
+    body: impl FnOnce(&Workers<'_>) -> R,
+) -> (R, u64) {
     let cx = ContentCx {
         repo,
         index,
-        files,
         temps,
         bytes: AtomicU64::new(0),
         warnings: Mutex::new(std::mem::take(warnings)),
         progress,
     };
-    let work: Mutex<Vec<(u32, Vec<_>)>> = Mutex::new(by_pack.into_iter().rev().collect());
+    let (tx, rx) = chan::unbounded::<(Arc<Batch>, Work)>();
     let span = tracing::Span::current();
-    std::thread::scope(|s| {
+    let r = std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| {
+            let (rx, span, cx) = (rx.clone(), &span, &cx);
+            s.spawn(move || {
                 let _e = span.enter();
                 let mut opener = pack::Opener::default();
-                while !temps.cancelled() {
-                    let next = work.lock().expect("work lock").pop();
-                    let Some((pack_no, blobs)) = next else { break };
-                    restore_pack(&cx, pack_no, blobs, &mut opener);
+                while let Ok((batch, work)) = rx.recv() {
+                    let _done = Finish(&batch);
+                    if cx.temps.cancelled() {
+                        continue;
+                    }
+                    match work {
+                        Work::Range(pack_no, group) => {
+                            restore_range(cx, &batch.files, pack_no, &group, &mut opener)
+                        }
+                        Work::Empty(fi) => batch.files[fi].complete(cx.temps, &cx.warnings),
+                    }
                 }
             });
         }
+        drop(rx);
+        body(&Workers { cx: &cx, queue: tx })
     });
-    // Files without chunks, and failed ones, are completed here.
-    for f in files {
-        if f.remaining.load(Ordering::SeqCst) == 0 || f.is_failed() {
-            f.complete(temps, &cx.warnings);
-        }
-    }
     *warnings = cx.warnings.into_inner().expect("lock");
-    cx.bytes.into_inner()
+    (r, cx.bytes.into_inner())
 }
 
-fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>, opener: &mut pack::Opener) {
+/// Counts a work item of a batch finished, even if its worker panicked.
+struct Finish<'a>(&'a Batch);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let mut left = self.0.left.lock().unwrap_or_else(|e| e.into_inner());
+        *left -= 1;
+        if *left == 0 {
+            self.0.finished.notify_all();
+        }
+    }
+}
+
+impl Workers<'_> {
+    /// Queues the content of `files`, read range by range in parallel (a batch of small
+    /// files often lies in one pack). The files are completed as their last chunks are
+    /// written; [`Workers::finish`] waits for that.
+    pub fn submit(&self, files: Vec<FileTask>) -> Arc<Batch> {
+        let mut by_pack: BTreeMap<u32, Vec<Write>> = BTreeMap::new();
+        let mut empty = Vec::new();
+        for (fi, f) in files.iter().enumerate() {
+            let mut offset = 0u64;
+            for p in &f.node.content {
+                if let Piece::Chunk(id, len) = p {
+                    match self.cx.index.get(id) {
+                        Some(e) if e.raw_len == *len => {
+                            by_pack.entry(e.pack).or_default().push((*e, fi, offset))
+                        }
+                        _ => f.fail(format!(
+                            "chunk {} is missing from the repository",
+                            id.short()
+                        )),
+                    }
+                }
+                offset += p.len();
+            }
+            if f.chunks() == 0 {
+                empty.push(Work::Empty(fi));
+            }
+        }
+        let mut work = empty;
+        for (pack_no, blobs) in by_pack {
+            work.extend(coalesce(blobs).map(|group| Work::Range(pack_no, group)));
+        }
+        let batch = Arc::new(Batch {
+            files,
+            left: Mutex::new(work.len()),
+            finished: Condvar::new(),
+        });
+        for w in work {
+            // The receivers live as long as `self`.
+            let _ = self.queue.send((batch.clone(), w));
+        }
+        batch
+    }
+
+    /// Waits until the batch's content is written, then completes its failed files (their
+    /// temporary files are removed).
+    pub fn finish(&self, batch: &Batch) {
+        let mut left = batch.left.lock().expect("lock");
+        while *left > 0 {
+            left = batch.finished.wait(left).expect("lock");
+        }
+        drop(left);
+        for f in &batch.files {
+            if f.is_failed() {
+                f.complete(self.cx.temps, &self.cx.warnings);
+            }
+        }
+    }
+}
+
+/// The blobs of one pack in groups read with one range read each: nearby blobs coalesced
+/// into ranges of at most 2 MiB (memory: threads × 2 MiB; OpenDAL reads a local file 2 MiB
+/// at a time, so a longer range would be copied).
+fn coalesce(mut blobs: Vec<Write>) -> impl Iterator<Item = Vec<Write>> {
+    blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
+    let mut blobs = blobs.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let first = blobs.next()?;
+        let start = u64::from(first.0.offset);
+        let mut end = start + u64::from(first.0.stored_len);
+        let mut group = vec![first];
+        while let Some(next) = blobs.peek() {
+            let (o, l) = (u64::from(next.0.offset), u64::from(next.0.stored_len));
+            if o > end + (1 << 20) || o + l - start > 2 << 20 {
+                break;
+            }
+            end = end.max(o + l);
+            group.extend(blobs.next());
+        }
+        Some(group)
+    })
+}
+
+/// Reads one group of blobs of pack `pack_no` and writes them into their files.
+fn restore_range(
+    cx: &ContentCx,
+    files: &[FileTask],
+    pack_no: u32,
+    group: &[Write],
+    opener: &mut pack::Opener,
+) {
     let ContentCx {
         repo,
         index,
-        files,
         temps,
         bytes,
         warnings,
@@ -260,90 +368,74 @@ fn restore_pack(cx: &ContentCx, pack_no: u32, mut blobs: Vec<Write>, opener: &mu
     } = cx;
     let (pack_id, _) = index.pack(pack_no);
     let path = pack::path(&pack_id);
-    blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
-    // Coalesce nearby blobs into range reads of at most 2 MiB (memory: threads × 2 MiB;
-    // OpenDAL reads a local file 2 MiB at a time, so a longer range would be copied).
-    let mut i = 0;
-    while i < blobs.len() && !temps.cancelled() {
-        let start = u64::from(blobs[i].0.offset);
-        let mut end = start + u64::from(blobs[i].0.stored_len);
-        let mut j = i + 1;
-        while j < blobs.len() {
-            let (o, l) = (
-                u64::from(blobs[j].0.offset),
-                u64::from(blobs[j].0.stored_len),
-            );
-            if o > end + (1 << 20) || o + l - start > 2 << 20 {
-                break;
+    let start = u64::from(group[0].0.offset);
+    let end = group
+        .iter()
+        .map(|b| u64::from(b.0.offset) + u64::from(b.0.stored_len))
+        .max()
+        .unwrap_or(start);
+    match repo.storage().read_range(&path, start..end) {
+        Err(e) => {
+            for (_, fi, _) in group {
+                let f = &files[*fi];
+                f.fail(format!("pack {} unreadable: {e}", pack_id.short()));
+                if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    f.complete(temps, warnings);
+                }
             }
-            end = end.max(o + l);
-            j += 1;
         }
-        let group = &blobs[i..j];
-        match repo.storage().read_range(&path, start..end) {
-            Err(e) => {
-                for (_, fi, _) in group {
+        Ok(data) => {
+            let mut k = 0;
+            while k < group.len() {
+                let e = group[k].0;
+                let mut m = k;
+                while m < group.len() && group[m].0.id == e.id {
+                    m += 1;
+                }
+                let lo = (u64::from(e.offset) - start) as usize;
+                let reread;
+                let plain = match opener.open(
+                    &data[lo..lo + e.stored_len as usize],
+                    &e.header(),
+                    repo.crypto(),
+                ) {
+                    Ok(p) => Ok(p),
+                    Err(err) => match reread_blob(repo, &path, &e) {
+                        Ok(p) => {
+                            reread = p;
+                            Ok(&reread[..])
+                        }
+                        Err(_) => Err(err),
+                    },
+                };
+                for (_, fi, off) in &group[k..m] {
                     let f = &files[*fi];
-                    f.fail(format!("pack {} unreadable: {e}", pack_id.short()));
+                    match &plain {
+                        Err(err) => f.fail(format!(
+                            "chunk {} in pack {} is corrupt: {err}",
+                            e.id.short(),
+                            pack_id.short()
+                        )),
+                        Ok(p) if !f.is_failed() => {
+                            match f.file(temps).and_then(|file| {
+                                file.write_all_at(p, *off)
+                                    .map_err(|e| format!("cannot write the file: {e}"))
+                            }) {
+                                Err(reason) => f.fail(reason),
+                                Ok(()) => {
+                                    bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
+                                    progress.bytes(p.len() as u64);
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                    }
                     if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
                         f.complete(temps, warnings);
                     }
                 }
-            }
-            Ok(data) => {
-                let mut k = 0;
-                while k < group.len() {
-                    let e = group[k].0;
-                    let mut m = k;
-                    while m < group.len() && group[m].0.id == e.id {
-                        m += 1;
-                    }
-                    let lo = (u64::from(e.offset) - start) as usize;
-                    let reread;
-                    let plain = match opener.open(
-                        &data[lo..lo + e.stored_len as usize],
-                        &e.header(),
-                        repo.crypto(),
-                    ) {
-                        Ok(p) => Ok(p),
-                        Err(err) => match reread_blob(repo, &path, &e) {
-                            Ok(p) => {
-                                reread = p;
-                                Ok(&reread[..])
-                            }
-                            Err(_) => Err(err),
-                        },
-                    };
-                    for (_, fi, off) in &group[k..m] {
-                        let f = &files[*fi];
-                        match &plain {
-                            Err(err) => f.fail(format!(
-                                "chunk {} in pack {} is corrupt: {err}",
-                                e.id.short(),
-                                pack_id.short()
-                            )),
-                            Ok(p) if !f.is_failed() => {
-                                match f.file(temps).and_then(|file| {
-                                    file.write_all_at(p, *off)
-                                        .map_err(|e| format!("cannot write the file: {e}"))
-                                }) {
-                                    Err(reason) => f.fail(reason),
-                                    Ok(()) => {
-                                        bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                                        progress.bytes(p.len() as u64);
-                                    }
-                                }
-                            }
-                            Ok(_) => {}
-                        }
-                        if f.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            f.complete(temps, warnings);
-                        }
-                    }
-                    k = m;
-                }
+                k = m;
             }
         }
-        i = j;
     }
 }

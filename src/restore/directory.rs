@@ -3,24 +3,27 @@
 //!
 //! The walk (one thread) makes directories, decides what to do with what is already there
 //! ([`entry::decide`]), makes symlinks and other special entries, and hands files to the
-//! batch. The pack workers ([`content`]) create each file under its temporary name when its
-//! first chunk arrives, write the chunks at their offsets, and give the file its metadata
-//! and final name when its last chunk is written: the walk does no per-file I/O beyond one
-//! `lstat` (none below a directory it made, or in a target that was empty), so creating
-//! files runs in parallel too.
+//! workers in batches, walking the next batch while they write one. The pack workers
+//! ([`content`]) create each file under its temporary name when its first chunk arrives,
+//! write the chunks at their offsets, and give the file its metadata and final name when
+//! its last chunk is written: the walk does no per-file I/O beyond one `lstat` (none below
+//! a directory it made, or in a target that was empty), so creating files runs in parallel
+//! too.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::content::{self, FileTask};
+use super::content::{self, Batch, FileTask, Workers};
 use super::entry::{self, Decision, Overwrite, Temps};
-use super::{Destination, Item, Plan, RestoreOutcome, check};
+use super::{Destination, Item, Plan, RestoreOutcome, Walk, check};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{Node, NodeKind, Piece};
 
 /// Files restored per batch, and chunks planned per batch at most: memory stays bounded
-/// however many files a snapshot holds (a pack shared by two batches is read twice).
+/// however many files a snapshot holds (two batches at a time: one written, the next
+/// walked; a range of a pack shared by two batches is read twice).
 const BATCH_FILES: usize = 4096;
 const BATCH_CHUNKS: u64 = 65_536;
 
@@ -42,8 +45,8 @@ impl Directory {
 
 /// A hard-link group's first file.
 enum First {
-    /// In the current batch, at this position.
-    Pending(usize),
+    /// In batch `.0` (not settled yet), at position `.1`.
+    Pending(u64, usize),
     /// Restored by this restore: its path and (device, inode).
     Restored(PathBuf, (u64, u64)),
     /// Not restored by this restore (kept or failed): the next member restores content.
@@ -79,22 +82,76 @@ impl Destination for Directory {
         progress: &dyn Progress,
     ) -> Result<()> {
         let target = prepare_target(&self.target)?;
+        let temps = Temps::new(plan.cancel);
+        let mut warnings = Vec::new();
+        let (walked, bytes) = content::with_workers(
+            plan.repo,
+            &plan.index,
+            &temps,
+            plan.threads,
+            progress,
+            &mut warnings,
+            |workers| self.walk(plan, &target, &temps, workers, out),
+        );
+        out.bytes += bytes;
+        out.warnings.extend(warnings);
+        let (mut walk, dirs) = walked?;
+        check(plan.cancel)?;
+        // Directories last, deepest first, so their mtimes stay.
+        for (path, node) in dirs.iter().rev() {
+            entry::apply_metadata(path, node, path, &mut out.warnings);
+        }
+        // What this walk could not read: the plan's walk may have read it (a transient
+        // fault), so it is named here too (the engine drops what both name).
+        let shown = self.target.display();
+        out.failed.extend(
+            walk.failed
+                .drain(..)
+                .map(|(p, r)| (format!("{shown}{p}"), r)),
+        );
+        Ok(())
+    }
+}
+
+/// A batch of files whose content the workers are writing.
+struct InFlight {
+    seq: u64,
+    batch: Arc<Batch>,
+}
+
+/// A later member of a hard-link group whose first file is in batch `.0` at position `.1`:
+/// linked once that batch is settled.
+type Deferred = (u64, usize, PathBuf);
+
+impl Directory {
+    /// The walk: makes directories and special entries, and hands files to `workers` in
+    /// batches; a batch is settled (counted, its hard links made) while the next one is
+    /// walked and written. Returns the walk (for what it could not read) and the
+    /// directories whose metadata is still to be set.
+    fn walk<'p>(
+        &self,
+        plan: &'p Plan<'_>,
+        target: &Path,
+        temps: &Temps,
+        workers: &Workers<'_>,
+        out: &mut RestoreOutcome,
+    ) -> Result<(Walk<'p>, Vec<(PathBuf, Node)>)> {
         let overwrite = self.overwrite;
         let (repo, index) = (plan.repo, &*plan.index);
-        let temps = Temps::new(plan.cancel);
         let mut links: HashMap<(u64, u64), First> = HashMap::new();
+        let mut deferred: Vec<Deferred> = Vec::new();
         let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
         let mut walk = plan.walk()?;
         let mut skip_under: Option<PathBuf> = None;
         // Directories this restore made (or found empty), innermost last, along the path to
         // the current entry: nothing is in the way below them, so nothing is looked at.
         let mut fresh: Vec<PathBuf> = Vec::new();
-        if dir_is_empty(&target) {
-            fresh.push(target.clone());
+        if dir_is_empty(target) {
+            fresh.push(target.to_path_buf());
         }
-        loop {
+        let mut in_flight: Option<InFlight> = None;
+        for seq in 0.. {
             let mut files: Vec<FileTask> = Vec::new();
-            let mut deferred: Vec<(usize, PathBuf)> = Vec::new();
             let mut chunks_planned = 0;
             let mut more = false;
             while let Some(item) = walk.next_item()? {
@@ -172,13 +229,13 @@ impl Destination for Directory {
                                     }
                                     continue;
                                 }
-                                Some(First::Pending(i)) => {
-                                    deferred.push((*i, path));
+                                Some(First::Pending(s, i)) => {
+                                    deferred.push((*s, *i, path));
                                     continue;
                                 }
                                 Some(First::NotOurs) | None => {}
                             }
-                            links.insert(key, First::Pending(files.len()));
+                            links.insert(key, First::Pending(seq, files.len()));
                         }
                         let task = FileTask::new(path, node);
                         chunks_planned += task.chunks();
@@ -199,62 +256,67 @@ impl Destination for Directory {
                     },
                 }
             }
-            out.bytes += content::restore(
-                repo,
-                index,
-                &files,
-                &temps,
-                plan.threads,
-                progress,
-                &mut out.warnings,
-            );
-            check(plan.cancel)?;
-            for f in &files {
-                match f.failure() {
-                    Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
-                    None => out.files += 1,
-                }
-            }
-            for first in links.values_mut() {
-                if let First::Pending(i) = first {
-                    let f = &files[*i];
-                    *first = match (f.failure(), f.ino()) {
-                        (None, Some(ino)) => First::Restored(f.path.clone(), ino),
-                        _ => First::NotOurs,
-                    };
-                }
-            }
-            for (i, path) in deferred {
-                let f = &files[i];
-                let res = match (f.failure(), f.ino()) {
-                    (None, Some(ino)) => temps.link(&f.path, ino, &path),
-                    _ => Err(format!(
-                        "its hard link target {} could not be restored",
-                        f.path.display()
-                    )),
-                };
-                match res {
-                    Ok(()) => out.others += 1,
-                    Err(reason) => out.failed.push((path.display().to_string(), reason)),
-                }
+            let batch = workers.submit(files);
+            if let Some(prev) = in_flight.replace(InFlight { seq, batch }) {
+                settle(prev, workers, temps, &mut links, &mut deferred, out);
+                check(plan.cancel)?;
             }
             if !more {
                 break;
             }
         }
-        // Directories last, deepest first, so their mtimes stay.
-        for (path, node) in dirs.iter().rev() {
-            entry::apply_metadata(path, node, path, &mut out.warnings);
+        if let Some(last) = in_flight {
+            settle(last, workers, temps, &mut links, &mut deferred, out);
         }
-        // What this walk could not read: the plan's walk may have read it (a transient
-        // fault), so it is named here too (the engine drops what both name).
-        let shown = self.target.display();
-        out.failed.extend(
-            walk.failed
-                .drain(..)
-                .map(|(p, r)| (format!("{shown}{p}"), r)),
-        );
-        Ok(())
+        Ok((walk, dirs))
+    }
+}
+
+/// Waits for a batch's content, counts its files and makes the hard links to them.
+fn settle(
+    done: InFlight,
+    workers: &Workers<'_>,
+    temps: &Temps,
+    links: &mut HashMap<(u64, u64), First>,
+    deferred: &mut Vec<Deferred>,
+    out: &mut RestoreOutcome,
+) {
+    workers.finish(&done.batch);
+    let files = &done.batch.files;
+    for f in files {
+        match f.failure() {
+            Some(reason) => out.failed.push((f.path.display().to_string(), reason)),
+            None => out.files += 1,
+        }
+    }
+    for first in links.values_mut() {
+        if let First::Pending(seq, i) = *first
+            && seq == done.seq
+        {
+            let f = &files[i];
+            *first = match (f.failure(), f.ino()) {
+                (None, Some(ino)) => First::Restored(f.path.clone(), ino),
+                _ => First::NotOurs,
+            };
+        }
+    }
+    let (now, later) = std::mem::take(deferred)
+        .into_iter()
+        .partition(|(seq, ..)| *seq == done.seq);
+    *deferred = later;
+    for (_, i, path) in now {
+        let f = &files[i];
+        let res = match (f.failure(), f.ino()) {
+            (None, Some(ino)) => temps.link(&f.path, ino, &path),
+            _ => Err(format!(
+                "its hard link target {} could not be restored",
+                f.path.display()
+            )),
+        };
+        match res {
+            Ok(()) => out.others += 1,
+            Err(reason) => out.failed.push((path.display().to_string(), reason)),
+        }
     }
 }
 

@@ -16,9 +16,10 @@
 //! | `list-lag` | a listing omits each object with this probability (eventual consistency) |
 //! | `delay=D` | every request takes D longer (an object store's latency) |
 //!
-//! Every decision is a hash of the seed, the fault kind, the object and how many times that
-//! object has been asked about that kind, never a shared random stream: threads racing for
-//! a generator would make a failing seed impossible to replay. Each injected fault is logged
+//! Every decision is a hash of the seed, the fault kind, the object (for a read: the object
+//! and the range read) and how many times it has been asked about that kind, never a shared
+//! random stream or a count per object: threads racing for a generator, or reading ranges
+//! of one object in parallel, would make a failing seed impossible to replay. Each injected fault is logged
 //! at info level as `fault injected: KIND on PATH`, so tests can require that faults fired.
 //!
 //! Out-of-space is tested on a real, small file system instead.
@@ -149,6 +150,12 @@ impl Faults {
     /// Whether `fault` strikes `path` now (logged when it does). Returns the decision's
     /// number, for further draws (where to truncate, which bit to flip).
     fn decide(&self, fault: Fault, path: &str) -> Option<u64> {
+        self.decide_at(fault, path, path)
+    }
+
+    /// [`Faults::decide`] for `key`, a part of `path` (a range read of it): decisions for
+    /// one key do not depend on what happened to other keys of the same object.
+    fn decide_at(&self, fault: Fault, path: &str, key: &str) -> Option<u64> {
         let p = self
             .odds
             .iter()
@@ -159,11 +166,11 @@ impl Faults {
         }
         let n = {
             let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-            let c = asked.entry((fault, path.to_string())).or_insert(0);
+            let c = asked.entry((fault, key.to_string())).or_insert(0);
             *c += 1;
             *c
         };
-        let x = (self.draw(fault, path, n, 0) >> 11) as f64 / (1u64 << 53) as f64;
+        let x = (self.draw(fault, key, n, 0) >> 11) as f64 / (1u64 << 53) as f64;
         if x < p {
             self.injected.fetch_add(1, Ordering::Relaxed);
             tracing::info!("fault injected: {} on {path}", fault.name());
@@ -192,18 +199,19 @@ impl Faults {
         .temporary()
     }
 
-    /// Applies read faults to data just read from `path`.
-    pub fn corrupt_read(&self, path: &str, mut data: Vec<u8>) -> Vec<u8> {
+    /// Applies read faults to data just read from `path` (`key`: which range, see
+    /// [`Faults::decide_at`]).
+    pub fn corrupt_read(&self, path: &str, key: &str, mut data: Vec<u8>) -> Vec<u8> {
         if !data.is_empty()
-            && let Some(n) = self.decide(Fault::ReadTruncate, path)
+            && let Some(n) = self.decide_at(Fault::ReadTruncate, path, key)
         {
-            let keep = self.draw(Fault::ReadTruncate, path, n, 1) % data.len() as u64;
+            let keep = self.draw(Fault::ReadTruncate, key, n, 1) % data.len() as u64;
             data.truncate(keep as usize);
         }
         if !data.is_empty()
-            && let Some(n) = self.decide(Fault::ReadBitflip, path)
+            && let Some(n) = self.decide_at(Fault::ReadBitflip, path, key)
         {
-            let r = self.draw(Fault::ReadBitflip, path, n, 1);
+            let r = self.draw(Fault::ReadBitflip, key, n, 1);
             let i = (r % data.len() as u64) as usize;
             data[i] ^= 1 << ((r >> 32) % 8);
         }
@@ -237,13 +245,13 @@ impl Faulty {
         Faulty { inner, faults }
     }
 
-    /// The latency, then `fault` on `path` if it strikes.
-    async fn before(&self, fault: Option<Fault>, path: &str) -> Result<()> {
+    /// The latency, then `fault` on `path` (`key`: see [`Faults::decide_at`]) if it strikes.
+    async fn before(&self, fault: Option<Fault>, path: &str, key: &str) -> Result<()> {
         if !self.faults.delay.is_zero() {
             tokio::time::sleep(self.faults.delay).await;
         }
         match fault {
-            Some(f) if self.faults.strikes(f, path) => Err(Faults::error(f, path)),
+            Some(f) if self.faults.decide_at(f, path, key).is_some() => Err(Faults::error(f, path)),
             _ => Ok(()),
         }
     }
@@ -256,15 +264,20 @@ impl Backend for Faulty {
 
     fn read_range<'a>(&'a self, path: &'a str, range: Range<u64>) -> BoxFuture<'a, Result<Bytes>> {
         Box::pin(async move {
-            self.before(Some(Fault::ReadError), path).await?;
+            let key = format!("{path}@{}..{}", range.start, range.end);
+            self.before(Some(Fault::ReadError), path, &key).await?;
             let data = self.inner.read_range(path, range).await?;
-            Ok(Bytes::from(self.faults.corrupt_read(path, data.to_vec())))
+            Ok(Bytes::from(self.faults.corrupt_read(
+                path,
+                &key,
+                data.to_vec(),
+            )))
         })
     }
 
     fn write<'a>(&'a self, path: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.before(Some(Fault::WriteError), path).await?;
+            self.before(Some(Fault::WriteError), path, path).await?;
             self.inner.write(path, bytes).await?;
             match self.faults.strikes(Fault::WriteTimeout, path) {
                 true => Err(Faults::error(Fault::WriteTimeout, path)),
@@ -275,7 +288,7 @@ impl Backend for Faulty {
 
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<Listed>>> {
         Box::pin(async move {
-            self.before(None, dir).await?;
+            self.before(None, dir, dir).await?;
             let mut all = self.inner.list(dir).await?;
             all.retain(|l| !self.faults.strikes(Fault::ListLag, &l.path));
             Ok(all)
@@ -284,14 +297,14 @@ impl Backend for Faulty {
 
     fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Meta>> {
         Box::pin(async move {
-            self.before(None, path).await?;
+            self.before(None, path, path).await?;
             self.inner.stat(path).await
         })
     }
 
     fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.before(None, path).await?;
+            self.before(None, path, path).await?;
             self.inner.delete(path).await
         })
     }
