@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
-use super::entry::{Temps, apply_file_metadata};
+use super::entry::{Inherit, Temps, apply_file_metadata};
 use crate::chan;
 use crate::progress::Progress;
 use crate::repo::pack;
@@ -40,6 +40,9 @@ pub struct FileTask {
     end: u64,
     failed: Mutex<Option<String>>,
     done: AtomicBool,
+    /// The mode to create the file with when that makes its owner and mode final
+    /// ([`Inherit::final_mode`]).
+    final_mode: Option<u32>,
 }
 
 /// A file created under its temporary name.
@@ -49,8 +52,9 @@ struct Created {
 }
 
 impl FileTask {
-    /// A file whose content goes to a temporary name next to `path`, then to `path`.
-    pub fn new(path: PathBuf, node: Node) -> FileTask {
+    /// A file whose content goes to a temporary name next to `path`, then to `path`;
+    /// `inherit`: what a file created in its directory gets, if known.
+    pub fn new(path: PathBuf, node: Node, inherit: Option<Inherit>) -> FileTask {
         let (mut chunks, mut at, mut end) = (0, 0u64, 0);
         for p in &node.content {
             at = at.saturating_add(p.len());
@@ -67,6 +71,7 @@ impl FileTask {
             ino: OnceLock::new(),
             failed: Mutex::new(None),
             done: AtomicBool::new(false),
+            final_mode: inherit.and_then(|i| i.final_mode(&node)),
             node,
         };
         if at > task.node.size {
@@ -94,7 +99,7 @@ impl FileTask {
         if let Some(c) = &*c {
             return Ok(c.file.clone());
         }
-        let (tmp, f) = temps.create_file(&self.path)?;
+        let (tmp, f) = temps.create_file(&self.path, self.final_mode.unwrap_or(0o600))?;
         // Only a hard link's first file is looked at: its later links check its inode.
         if self.node.links > 1 {
             match f.metadata() {
@@ -157,7 +162,13 @@ impl FileTask {
             return;
         }
         let mut w = Vec::new();
-        apply_file_metadata(&file, &self.node, &self.path, &mut w);
+        apply_file_metadata(
+            &file,
+            &self.node,
+            &self.path,
+            &mut w,
+            self.final_mode.is_some(),
+        );
         drop(file);
         if !w.is_empty() {
             warnings.lock().expect("lock").extend(w);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::content::{self, Batch, FileTask, Workers};
-use super::entry::{self, Decision, Overwrite, Temps};
+use super::entry::{self, Decision, Inherit, Overwrite, Temps};
 use super::{Destination, Item, Plan, RestoreOutcome, Walk, check};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -144,10 +144,11 @@ impl Directory {
         let mut walk = plan.walk()?;
         let mut skip_under: Option<PathBuf> = None;
         // Directories this restore made (or found empty), innermost last, along the path to
-        // the current entry: nothing is in the way below them, so nothing is looked at.
-        let mut fresh: Vec<PathBuf> = Vec::new();
+        // the current entry: nothing is in the way below them, so nothing is looked at. With
+        // each, what a file created in it gets (the same in a directory made inside it).
+        let mut fresh: Vec<(PathBuf, Option<Inherit>)> = Vec::new();
         if dir_is_empty(target) {
-            fresh.push(target.to_path_buf());
+            fresh.push((target.to_path_buf(), Inherit::of(target)));
         }
         let mut in_flight: Option<InFlight> = None;
         for seq in 0.. {
@@ -164,7 +165,7 @@ impl Directory {
                 }
                 let path = target.join(&item.rel);
                 let node = item.node;
-                while fresh.last().is_some_and(|d| !path.starts_with(d)) {
+                while fresh.last().is_some_and(|(d, _)| !path.starts_with(d)) {
                     fresh.pop();
                 }
                 let decide = |node: &Node| {
@@ -183,7 +184,11 @@ impl Directory {
                         Ok(made) => {
                             out.dirs += 1;
                             if made {
-                                fresh.push(path.clone());
+                                let inherit = match fresh.last() {
+                                    Some((d, i)) if path.parent() == Some(d) => *i,
+                                    _ => Inherit::of(&path),
+                                };
+                                fresh.push((path.clone(), inherit));
                             }
                             if made || overwrite == Overwrite::Always {
                                 dirs.push((path, node));
@@ -237,7 +242,11 @@ impl Directory {
                             }
                             links.insert(key, First::Pending(seq, files.len()));
                         }
-                        let task = FileTask::new(path, node);
+                        let inherit = match fresh.last() {
+                            Some((d, i)) if path.parent() == Some(d) => *i,
+                            _ => None,
+                        };
+                        let task = FileTask::new(path, node, inherit);
                         chunks_planned += task.chunks();
                         files.push(task);
                         if files.len() >= BATCH_FILES || chunks_planned >= BATCH_CHUNKS {

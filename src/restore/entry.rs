@@ -173,15 +173,16 @@ impl Temps {
         self.done(p);
     }
 
-    /// Creates a new empty file next to `path` (never an existing one), mode 0600.
-    pub fn create_file(&self, path: &Path) -> Result<(PathBuf, File), Failure> {
+    /// Creates a new empty file next to `path` (never an existing one) with `mode`: 0600,
+    /// or the file's final mode where [`Inherit::final_mode`] says that is safe.
+    pub fn create_file(&self, path: &Path, mode: u32) -> Result<(PathBuf, File), Failure> {
         let dir = path.parent().unwrap_or(Path::new("."));
         loop {
             let tmp = Self::path(dir);
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(0o600)
+                .mode(mode)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&tmp)
             {
@@ -329,6 +330,13 @@ impl Drop for Temps {
 /// A symlink or other non-directory there is refused, or with `Always` replaced (removed,
 /// never followed).
 pub fn make_dir(path: &Path, mode: Overwrite) -> Result<bool, Failure> {
+    // Made at once where nothing is there (every directory of a restore into an empty
+    // target): `mkdir` never follows a symlink or replaces anything.
+    match std::fs::create_dir(path) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create the directory: {}", why(&e))),
+    }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => return Ok(false),
         Ok(m) if mode != Overwrite::Always => {
@@ -393,12 +401,21 @@ pub fn apply_metadata(path: &Path, node: &Node, shown: &Path, warnings: &mut Vec
 }
 
 /// [`apply_metadata`] for a file this restore made and holds open: the same steps in the
-/// same order, through its descriptor (no path lookups, nothing followed).
-pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mut Vec<String>) {
+/// same order, through its descriptor (no path lookups, nothing followed). With
+/// `created_final`, the file was created with its final owner and mode
+/// ([`Inherit::final_mode`]): only its times are set.
+pub fn apply_file_metadata(
+    file: &File,
+    node: &Node,
+    shown: &Path,
+    warnings: &mut Vec<String>,
+    created_final: bool,
+) {
     use nix::sys::stat::{Mode, fchmod, futimens};
     use nix::sys::time::TimeSpec;
     use xattr::FileExt as _;
-    if is_root()
+    if !created_final
+        && is_root()
         && let Err(e) = nix::unistd::fchown(
             file,
             Some(nix::unistd::Uid::from_raw(node.uid)),
@@ -407,7 +424,7 @@ pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mu
     {
         warnings.push(format!("{}: cannot set owner: {e}", shown.display()));
     }
-    if let Err(e) = fchmod(file, Mode::from_bits_truncate(node.mode & 0o7777)) {
+    if !created_final && let Err(e) = fchmod(file, Mode::from_bits_truncate(node.mode & 0o7777)) {
         warnings.push(format!("{}: cannot set permissions: {e}", shown.display()));
     }
     for x in &node.xattrs {
@@ -430,4 +447,110 @@ pub fn apply_file_metadata(file: &File, node: &Node, shown: &Path, warnings: &mu
 fn is_root() -> bool {
     static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ROOT.get_or_init(|| nix::unistd::geteuid().is_root())
+}
+
+/// What a file created in a directory gets without being asked: the creating process's
+/// owner, the directory's group if the directory is setgid (else the process's group), and
+/// the mode it was created with, less the umask. Known only for directories this restore
+/// made (or found empty) below one it looked at: no default ACL, which would decide the mode
+/// instead, and no setgid it did not see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inherit {
+    uid: u32,
+    gid: u32,
+    umask: u32,
+}
+
+impl Inherit {
+    /// What files created in `dir` get; `None` when that is not known (a default ACL, or
+    /// `dir` or the umask cannot be read).
+    pub fn of(dir: &Path) -> Option<Inherit> {
+        let m = std::fs::symlink_metadata(dir).ok()?;
+        match xattr::get(dir, "system.posix_acl_default") {
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            _ => return None,
+        }
+        let gid = if m.mode() & libc::S_ISGID != 0 {
+            m.gid()
+        } else {
+            nix::unistd::getegid().as_raw()
+        };
+        Some(Inherit {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid,
+            umask: umask()?,
+        })
+    }
+
+    /// The mode to create `node`'s file with when that gives it its final owner and mode
+    /// at once, so neither is set afterwards: no setuid, setgid or sticky bit, no bit the
+    /// umask takes away, no extended attributes (ACLs among them), and as root the owner
+    /// and group it gets anyway. The file is never more open while it is written than it
+    /// will be once restored.
+    pub fn final_mode(&self, node: &Node) -> Option<u32> {
+        let mode = node.mode & 0o7777;
+        let owner_final = !is_root() || (node.uid, node.gid) == (self.uid, self.gid);
+        (owner_final && mode & 0o7000 == 0 && mode & self.umask == 0 && node.xattrs.is_empty())
+            .then_some(mode)
+    }
+}
+
+/// The process's umask, from `/proc/self/status` (setting it to read it would race with
+/// other threads creating files).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let v = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(v.trim(), 8).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Timestamp;
+    use crate::repo::tree::Xattr;
+
+    #[test]
+    fn a_file_is_created_with_its_final_mode_only_when_nothing_would_change_it() {
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let inherit = Inherit {
+            uid,
+            gid,
+            umask: 0o022,
+        };
+        let node = |mode: u32| {
+            let mut n = crate::source::command::file_node("f", Vec::new(), 0, Timestamp::default());
+            n.mode = mode;
+            n
+        };
+        assert_eq!(inherit.final_mode(&node(0o644)), Some(0o644));
+        assert_eq!(inherit.final_mode(&node(0o400)), Some(0o400));
+        // The umask would take a bit away; special bits are cleared by chown or refused.
+        assert_eq!(inherit.final_mode(&node(0o666)), None);
+        for special in [0o4755, 0o2755, 0o1755] {
+            assert_eq!(inherit.final_mode(&node(special)), None);
+        }
+        // Extended attributes (an access ACL among them) may change the mode.
+        let mut with_xattr = node(0o644);
+        with_xattr.xattrs.push(Xattr {
+            name: b"user.a".to_vec().into(),
+            value: b"1".to_vec().into(),
+        });
+        assert_eq!(inherit.final_mode(&with_xattr), None);
+        // As root, another owner is set afterwards, so the file is created private.
+        let mut other = node(0o644);
+        other.uid = uid.wrapping_add(1);
+        assert_eq!(inherit.final_mode(&other).is_some(), !is_root());
+        let in_setgid_dir = Inherit {
+            gid: gid.wrapping_add(1),
+            ..inherit
+        };
+        assert_eq!(in_setgid_dir.final_mode(&node(0o644)).is_some(), !is_root());
+    }
 }

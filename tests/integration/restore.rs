@@ -629,3 +629,70 @@ fn a_name_too_long_for_the_target_fails_alone() {
     let left: Vec<_> = listing(&w.target).into_iter().map(|e| e.path).collect();
     assert_eq!(left, vec![b"good".to_vec()]);
 }
+
+/// A POSIX ACL in its extended-attribute form: version 2, then (tag, permissions, id) per
+/// entry (owner, owning group, others).
+fn acl_xattr(owner: u16, group: u16, other: u16) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, owner), (0x04, group), (0x20, other)] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(u32::MAX.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn files_get_their_recorded_owner_and_mode_whatever_the_target_would_give_new_files() {
+    // A file made in a setgid directory takes the directory's group, and one made under a
+    // default ACL takes its mode from the ACL, not the umask. The restore creates files
+    // with their final mode where it knows what they get anyway; here it must not assume.
+    assert!(
+        is_root(),
+        "setting a directory's group needs root (CI runs as root)"
+    );
+    let env = Env::new();
+    let src = env.path("src");
+    let files = [
+        ("plain", 0o644),
+        ("open", 0o666),
+        ("private", 0o600),
+        ("tool", 0o755),
+        ("sub/plain", 0o644),
+        ("sub/other", 0o640),
+    ];
+    for (name, mode) in files {
+        write(&src.join(name), name.as_bytes());
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::chown(src.join("sub/other"), Some(4321), Some(8765)).unwrap();
+    env.init();
+    env.backup(&src, &[]);
+    let acl = acl_xattr(7, 5, 0);
+    for (target, setgid, default_acl) in [
+        ("setgid", true, false),
+        ("acl", false, true),
+        ("both", true, true),
+    ] {
+        let target = env.path(target);
+        std::fs::create_dir_all(&target).unwrap();
+        if setgid {
+            std::os::unix::fs::chown(&target, None, Some(4242)).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o2777)).unwrap();
+        }
+        if default_acl {
+            xattr::set(&target, "system.posix_acl_default", &acl).unwrap();
+        }
+        let out = restore_as(&env, None, &target, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        for (name, _) in files {
+            let (a, b) = (
+                std::fs::metadata(src.join(name)).unwrap(),
+                std::fs::metadata(target.join(name)).unwrap(),
+            );
+            let show = target.join(name).display().to_string();
+            assert_eq!(b.mode() & 0o7777, a.mode() & 0o7777, "{show}: mode");
+            assert_eq!((b.uid(), b.gid()), (a.uid(), a.gid()), "{show}: owner");
+        }
+    }
+}
