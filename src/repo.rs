@@ -211,7 +211,22 @@ impl Repo {
             }
             let (mut last, mut tampered, mut found) = (None, None, None);
             for k in keys {
-                let bytes = storage.read(&k.path)?;
+                // A key file is named by its hash: a corrupted transfer is read again.
+                let named = k
+                    .path
+                    .strip_prefix("keys/")
+                    .and_then(|n| n.parse::<Id>().ok());
+                let bytes = match named {
+                    Some(id) => match storage.read_verified(&k.path, &id) {
+                        Ok(b) => b,
+                        Err(e) if e.kind() == ErrorKind::Corrupt => {
+                            last = Some(e);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    None => storage.read(&k.path)?,
+                };
                 let kf: KeyFile = match serde_json::from_slice(&bytes) {
                     Ok(kf) => kf,
                     Err(e) => {

@@ -392,6 +392,19 @@ impl Storage {
         self.rt.block_on(self.backend.read_range(path, range))
     }
 
+    /// Reads `range` of an object into `buf` (cleared first, its memory kept), through the
+    /// service's pieces: a caller reading many ranges keeps one buffer, where a new one per
+    /// range (above the allocator's mmap threshold) costs a page fault per 4 KiB, and OpenDAL
+    /// zeroes each range it reads in one piece.
+    pub fn read_range_into(&self, path: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        let pieces = self.rt.block_on(self.backend.read_pieces(path, range))?;
+        buf.clear();
+        for p in pieces {
+            buf.extend_from_slice(&p);
+        }
+        Ok(())
+    }
+
     /// Reads `range` of an object, from a task.
     pub async fn read_range_async(&self, path: &str, range: Range<u64>) -> Result<Bytes> {
         self.backend.read_range(path, range).await

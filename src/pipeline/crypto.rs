@@ -136,6 +136,15 @@ impl Crypto {
         }
     }
 
+    /// [`Crypto::open_into`] where the sealed bytes lie: they are overwritten, and the
+    /// plaintext is the part of them returned (no copy, no buffer).
+    pub fn open_in_place<'a>(&self, sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+        match self {
+            Crypto::None => Ok(sealed),
+            Crypto::Keyed { cipher, .. } => open_in_place(cipher, sealed),
+        }
+    }
+
     /// Opens a sealed object; fails if it was altered or sealed with another key.
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         match self {
@@ -174,6 +183,21 @@ fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8]) -> Result<Vec<u8>> {
 /// Opens `sealed` into `out` (cleared first).
 fn open_into(cipher: &XChaCha20Poly1305, sealed: &[u8], out: &mut Vec<u8>) -> Result<()> {
     out.clear();
+    let (nonce, body, tag) = split_sealed(sealed)?;
+    out.extend_from_slice(body);
+    decrypt(cipher, nonce, out, tag)
+}
+
+fn open_in_place<'a>(cipher: &XChaCha20Poly1305, sealed: &'a mut [u8]) -> Result<&'a [u8]> {
+    let (nonce, body, tag) = split_sealed(sealed)?;
+    let (nonce, tag, len) = (*nonce, *tag, body.len());
+    let body = &mut sealed[NONCE_LEN..NONCE_LEN + len];
+    decrypt(cipher, &nonce, body, &tag)?;
+    Ok(body)
+}
+
+/// Nonce, ciphertext and tag of a sealed object.
+fn split_sealed(sealed: &[u8]) -> Result<(&[u8; NONCE_LEN], &[u8], &[u8; TAG_LEN])> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(Error::corrupt(
             "sealed object is shorter than its nonce and tag",
@@ -181,16 +205,20 @@ fn open_into(cipher: &XChaCha20Poly1305, sealed: &[u8], out: &mut Vec<u8>) -> Re
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
-    let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
-    out.extend_from_slice(body);
+    let nonce = nonce.try_into().expect("split at NONCE_LEN");
+    let tag = tag.try_into().expect("split at TAG_LEN");
+    Ok((nonce, body, tag))
+}
+
+/// Decrypts `body` in place, checking it against `tag`.
+fn decrypt(
+    cipher: &XChaCha20Poly1305,
+    nonce: &[u8; NONCE_LEN],
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<()> {
     cipher
-        .decrypt_inout_detached(
-            &XNonce::from(nonce),
-            b"",
-            (&mut out[..]).into(),
-            &tag.into(),
-        )
+        .decrypt_inout_detached(&XNonce::from(*nonce), b"", body.into(), &(*tag).into())
         .map_err(|_| {
             Error::corrupt("authentication failed: the object was altered or the key is wrong")
         })
@@ -347,6 +375,11 @@ mod tests {
         bad[30] ^= 1;
         assert_eq!(c.open(&bad).unwrap_err().kind(), ErrorKind::Corrupt);
         assert!(c.open(&sealed[..10]).is_err());
+        // Opened where it lies: the same plaintext, the same refusals.
+        assert_eq!(c.open_in_place(&mut sealed.clone()).unwrap(), b"hello");
+        let err = c.open_in_place(&mut bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+        assert!(c.open_in_place(&mut sealed.clone()[..10]).is_err());
     }
 
     /// A seal that stored plaintext, or reused a nonce, would pass every round trip: pin that

@@ -141,6 +141,24 @@ impl Opener {
         Ok(raw)
     }
 
+    /// [`Opener::open`] of stored bytes the caller may overwrite: decrypted where they lie
+    /// (no copy), then decompressed into this opener's buffer if compressed.
+    pub fn open_in_place<'a>(
+        &'a mut self,
+        stored: &'a mut [u8],
+        entry: &HeaderEntry,
+        crypto: &Crypto,
+    ) -> Result<&'a [u8]> {
+        let mut raw: &[u8] = crypto.open_in_place(stored)?;
+        if entry.compressed {
+            crate::pipeline::recycle(&mut self.plain);
+            compress::decompress_into(raw, entry.raw_len as usize, &mut self.plain)?;
+            raw = &self.plain;
+        }
+        check(raw, entry, crypto)?;
+        Ok(raw)
+    }
+
     /// [`open_blob`] into `out` (cleared first, its capacity kept): for buffers the caller
     /// hands on and later gives back, so that opening allocates nothing.
     pub fn open_to(

@@ -244,7 +244,7 @@ pub fn with_workers<R>(
             let (rx, span, cx) = (rx.clone(), &span, &cx);
             s.spawn(move || {
                 let _e = span.enter();
-                let mut opener = pack::Opener::default();
+                let (mut opener, mut buf) = (pack::Opener::default(), Vec::new());
                 while let Ok((batch, work)) = rx.recv() {
                     let _done = Finish(&batch);
                     if cx.temps.cancelled() {
@@ -252,7 +252,8 @@ pub fn with_workers<R>(
                     }
                     match work {
                         Work::Range(pack_no, group) => {
-                            restore_range(cx, &batch.files, pack_no, &group, &mut opener)
+                            let bufs = (&mut opener, &mut buf);
+                            restore_range(cx, &batch.files, pack_no, &group, bufs)
                         }
                         Work::Empty(fi) => batch.files[fi].complete(cx.temps, &cx.warnings),
                     }
@@ -361,13 +362,14 @@ fn coalesce(mut blobs: Vec<Write>) -> impl Iterator<Item = Vec<Write>> {
     })
 }
 
-/// Reads one group of blobs of pack `pack_no` and writes them into their files.
+/// Reads one group of blobs of pack `pack_no` and writes them into their files, with the
+/// worker's opener and read buffer.
 fn restore_range(
     cx: &ContentCx,
     files: &[FileTask],
     pack_no: u32,
     group: &[Write],
-    opener: &mut pack::Opener,
+    (opener, data): (&mut pack::Opener, &mut Vec<u8>),
 ) {
     let ContentCx {
         repo,
@@ -385,7 +387,7 @@ fn restore_range(
         .map(|b| u64::from(b.0.offset) + u64::from(b.0.stored_len))
         .max()
         .unwrap_or(start);
-    match repo.storage().read_range(&path, start..end) {
+    match repo.storage().read_range_into(&path, start..end, data) {
         Err(e) => {
             for (_, fi, _) in group {
                 let f = &files[*fi];
@@ -395,7 +397,7 @@ fn restore_range(
                 }
             }
         }
-        Ok(data) => {
+        Ok(()) => {
             let mut k = 0;
             while k < group.len() {
                 let e = group[k].0;
@@ -405,8 +407,8 @@ fn restore_range(
                 }
                 let lo = (u64::from(e.offset) - start) as usize;
                 let reread;
-                let plain = match opener.open(
-                    &data[lo..lo + e.stored_len as usize],
+                let plain = match opener.open_in_place(
+                    &mut data[lo..lo + e.stored_len as usize],
                     &e.header(),
                     repo.crypto(),
                 ) {
