@@ -211,22 +211,16 @@ impl Repo {
             }
             let (mut last, mut tampered, mut found) = (None, None, None);
             for k in keys {
-                // A key file is named by its hash: a corrupted transfer is read again.
+                // A key file is named by its hash: one that does not match is read again (a
+                // corrupted transfer), then tried as it is (its content is authenticated).
+                let mut bytes = storage.read(&k.path)?;
                 let named = k
                     .path
                     .strip_prefix("keys/")
                     .and_then(|n| n.parse::<Id>().ok());
-                let bytes = match named {
-                    Some(id) => match storage.read_verified(&k.path, &id) {
-                        Ok(b) => b,
-                        Err(e) if e.kind() == ErrorKind::Corrupt => {
-                            last = Some(e);
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    },
-                    None => storage.read(&k.path)?,
-                };
+                if named.is_some_and(|id| Id::hash(&bytes) != id) {
+                    bytes = storage.read(&k.path)?;
+                }
                 let kf: KeyFile = match serde_json::from_slice(&bytes) {
                     Ok(kf) => kf,
                     Err(e) => {

@@ -1,10 +1,10 @@
 //! The restore engine: plan, fetch, write. The plan counts the selection before anything is
 //! written (a selection or a dry run walks the tree for it; a whole snapshot is counted by
-//! its manifest); a [`Destination`] then writes it,
-//! fetching content through the plan: a [`Directory`] (parallel and out of order, never
-//! outside the destination, never through an existing entry), or one file's content in
-//! order to a [`Stream`] (`backstop dump`) or a command's standard input ([`ToCommand`]),
-//! through [`Repo::content_reader`]. A database or a disk image is one more destination.
+//! its manifest); a [`Destination`] then writes it, fetching content through the plan: a
+//! [`Directory`] (parallel and out of order, never outside the destination, never through
+//! an existing entry), or one file's content in order to a [`Stream`] (`backstop dump`) or
+//! a command's standard input ([`ToCommand`]), through [`Repo::content_reader`]. A database
+//! or a disk image is one more destination.
 //!
 //! The rest of this note is about the directory destination.
 //!
@@ -197,11 +197,10 @@ fn kind_name(k: NodeKind) -> String {
 ///
 /// The engine plans first: it counts the selection (walking it, and checking what is there
 /// for a dry run, unless the whole snapshot is restored) before anything is written. Then
-/// the destination gets a [`Plan`]
-/// and writes: it walks the same selection again and fetches content through the plan —
-/// out of order and in parallel into positions of files ([`Directory`]), or in order
-/// through [`Repo::content_reader`] (streams). Safety checks live with the destination
-/// that needs them (a directory's: [`entry`]), once.
+/// the destination gets a [`Plan`] and writes: it walks the selection and fetches content
+/// through the plan — out of order and in parallel into positions of files ([`Directory`]),
+/// or in order through [`Repo::content_reader`] (streams). Safety checks live with the
+/// destination that needs them (a directory's: [`entry`]), once.
 pub trait Destination {
     /// What and where, for messages ("directory /srv/restore", "command 'psql -d app'").
     fn describe(&self) -> String;

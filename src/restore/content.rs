@@ -192,6 +192,9 @@ struct ContentCx<'a> {
     bytes: AtomicU64,
     warnings: Mutex<Vec<String>>,
     progress: &'a dyn Progress,
+    /// A worker panicked: nothing waits for a batch any more (the panic surfaces when the
+    /// workers are joined, instead of a hang).
+    panicked: AtomicBool,
 }
 
 /// A blob to write: its index entry, the file (position in the batch) and the offset.
@@ -236,6 +239,7 @@ pub fn with_workers<R>(
         bytes: AtomicU64::new(0),
         warnings: Mutex::new(std::mem::take(warnings)),
         progress,
+        panicked: AtomicBool::new(false),
     };
     let (tx, rx) = chan::unbounded::<(Arc<Batch>, Work)>();
     let span = tracing::Span::current();
@@ -244,6 +248,7 @@ pub fn with_workers<R>(
             let (rx, span, cx) = (rx.clone(), &span, &cx);
             s.spawn(move || {
                 let _e = span.enter();
+                let _alive = Alive(&cx.panicked);
                 let (mut opener, mut buf) = (pack::Opener::default(), Vec::new());
                 while let Ok((batch, work)) = rx.recv() {
                     let _done = Finish(&batch);
@@ -265,6 +270,17 @@ pub fn with_workers<R>(
     });
     *warnings = cx.warnings.into_inner().expect("lock");
     (r, cx.bytes.into_inner())
+}
+
+/// Notes that a worker panicked, when it does.
+struct Alive<'a>(&'a AtomicBool);
+
+impl Drop for Alive<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Counts a work item of a batch finished, even if its worker panicked.
@@ -326,9 +342,13 @@ impl Workers<'_> {
     /// Waits until the batch's content is written, then completes its failed files (their
     /// temporary files are removed).
     pub fn finish(&self, batch: &Batch) {
-        let mut left = batch.left.lock().expect("lock");
-        while *left > 0 {
-            left = batch.finished.wait(left).expect("lock");
+        let mut left = batch.left.lock().unwrap_or_else(|e| e.into_inner());
+        while *left > 0 && !self.cx.panicked.load(Ordering::SeqCst) {
+            let wait = std::time::Duration::from_millis(100);
+            left = match batch.finished.wait_timeout(left, wait) {
+                Ok((l, _)) => l,
+                Err(e) => e.into_inner().0,
+            };
         }
         drop(left);
         for f in &batch.files {
@@ -340,8 +360,8 @@ impl Workers<'_> {
 }
 
 /// The blobs of one pack in groups read with one range read each: nearby blobs coalesced
-/// into ranges of at most 2 MiB (memory: threads × 2 MiB; OpenDAL reads a local file 2 MiB
-/// at a time, so a longer range would be copied).
+/// into ranges of at most 2 MiB (memory: one read buffer of at most 2 MiB per worker, plus
+/// the largest blob).
 fn coalesce(mut blobs: Vec<Write>) -> impl Iterator<Item = Vec<Write>> {
     blobs.sort_by_key(|b| (b.0.offset, b.1, b.2));
     let mut blobs = blobs.into_iter().peekable();
@@ -378,6 +398,7 @@ fn restore_range(
         bytes,
         warnings,
         progress,
+        ..
     } = cx;
     let (pack_id, _) = index.pack(pack_no);
     let path = pack::path(&pack_id);
