@@ -7,6 +7,7 @@ mod progress;
 
 use std::path::PathBuf;
 
+use backstop::pipeline::{KdfParams, compress};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use commands::run;
@@ -124,6 +125,13 @@ pub enum Command {
         /// must be encrypted, or both not.
         #[arg(long, requires = "from_repo")]
         copy_chunker_params: bool,
+        /// Memory the password's key derivation (Argon2id) takes, in MiB, every time the
+        /// repository is opened: an attacker pays it for every password tried.
+        #[arg(long, value_name = "MIB", default_value_t = KdfParams::default().memory_kib / 1024, value_parser = clap::value_parser!(u32).range(8..=1024))]
+        kdf_memory_mib: u32,
+        /// Passes of the key derivation over that memory (time per open and per guess).
+        #[arg(long, value_name = "N", default_value_t = KdfParams::default().iterations, value_parser = clap::value_parser!(u32).range(1..=16))]
+        kdf_passes: u32,
         #[command(flatten)]
         from: FromRepoArgs,
     },
@@ -450,8 +458,10 @@ pub struct BackupArgs {
     /// Tag the snapshot (repeatable).
     #[arg(long, value_name = "TAG")]
     pub tag: Vec<String>,
-    /// zstd compression level (0 to disable).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=22))]
+    /// zstd compression level: 0 stores uncompressed, 1 (the default) is the fastest,
+    /// 3 stores text about a tenth smaller and backs up about a sixth slower; higher levels
+    /// cost more still.
+    #[arg(long, default_value_t = compress::DEFAULT_LEVEL, value_parser = clap::value_parser!(i32).range(0..=22))]
     pub compression: i32,
     /// Files read and chunks compressed in parallel (default: one per CPU). Each reader
     /// holds up to 8 MiB; lower it to bound memory on a busy or small machine.

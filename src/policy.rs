@@ -45,7 +45,7 @@ pub struct Policy {
 }
 
 fn default_compression() -> i32 {
-    3
+    crate::pipeline::compress::DEFAULT_LEVEL
 }
 
 /// The source of a policy.

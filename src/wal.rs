@@ -430,7 +430,7 @@ fn ship_batch(
     .watching(cancel);
     let index = repo.load_index()?;
     let settings = Settings {
-        compression: 3,
+        compression: crate::pipeline::compress::DEFAULT_LEVEL,
         threads: 2,
         cancel: cancel.clone(),
     };

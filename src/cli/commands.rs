@@ -142,6 +142,8 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
             repo,
             no_encryption,
             copy_chunker_params,
+            kdf_memory_mib,
+            kdf_passes,
             from,
         } => {
             let chunking_of = match (&from.from_repo, *copy_chunker_params) {
@@ -179,7 +181,11 @@ pub fn run(cli: &Cli, rt: tokio::runtime::Handle) -> Result<()> {
                 storage,
                 &InitOptions {
                     passphrase,
-                    kdf: KdfParams::default(),
+                    kdf: KdfParams {
+                        memory_kib: kdf_memory_mib * 1024,
+                        iterations: *kdf_passes,
+                        ..KdfParams::default()
+                    },
                     chunker: ChunkerParams::default(),
                     chunking_of,
                 },

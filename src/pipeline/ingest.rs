@@ -22,7 +22,7 @@ use crate::chan::{Receiver, Sender, bounded};
 
 use crate::cancel::Cancel;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::compress;
+use crate::pipeline::{REUSE_MAX, compress};
 use crate::progress::Progress;
 use crate::repo::lock::LockGuard;
 use crate::repo::pack::FinishedPack;
@@ -315,10 +315,15 @@ impl Ingest<'_> {
         !self.index.contains(&id) && self.added.lock().expect("added lock").insert(id)
     }
 
-    /// A copy of `chunk` in a reused buffer.
+    /// A copy of `chunk` in a reused buffer. A buffer that must grow grows to the most a
+    /// reused one may hold at once: grown to fit each chunk in turn, it moved (and faulted
+    /// its pages afresh) again and again, half of an initial backup's page faults.
     fn copy(&self, chunk: &[u8]) -> Vec<u8> {
         let mut data = self.packing.spare_chunks.1.try_recv().unwrap_or_default();
         data.clear();
+        if chunk.len() > data.capacity() && chunk.len() <= REUSE_MAX {
+            data = Vec::with_capacity(REUSE_MAX);
+        }
         data.extend_from_slice(chunk);
         data
     }
@@ -485,7 +490,7 @@ impl Packing<'_> {
             let body = if compressed { &z[..] } else { &b.data[..] };
             let mut packer = self.packer.lock().expect("packer lock");
             packer.seal((b.kind, b.id), b.data.len(), compressed, body, crypto);
-            if b.data.capacity() <= crate::pipeline::REUSE_MAX {
+            if b.data.capacity() <= REUSE_MAX {
                 let _ = self.spare_chunks.0.try_send(b.data);
             }
             if !packer.is_full() {

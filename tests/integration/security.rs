@@ -280,6 +280,41 @@ fn a_key_file_from_another_repository_is_skipped() {
     assert!(err.contains("tampering"), "{err}");
 }
 
+#[test]
+fn init_writes_the_chosen_key_derivation_cost_and_refuses_one_out_of_range() {
+    let key_params = |env: &Env| {
+        let key = std::fs::read_dir(env.repo().join("keys"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(key).unwrap()).unwrap();
+        (
+            v["params"]["memory-kib"].as_u64(),
+            v["params"]["iterations"].as_u64(),
+        )
+    };
+    let default = Env::new();
+    default.init();
+    assert_eq!(key_params(&default), (Some(32 * 1024), Some(6)));
+    let strong = Env::new();
+    strong
+        .run(&["init", "--kdf-memory-mib", "128", "--kdf-passes", "4"])
+        .assert()
+        .success();
+    assert_eq!(key_params(&strong), (Some(128 * 1024), Some(4)));
+    strong.run(&["snapshots"]).assert().success();
+    for bad in [["--kdf-memory-mib", "2048"], ["--kdf-passes", "0"]] {
+        let env = Env::new();
+        let out = env.run(&["init"]).args(bad).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        assert!(!env.repo().join("config").exists());
+    }
+}
+
 /// A small tmpfs, unmounted when dropped.
 struct SmallFs(PathBuf);
 
