@@ -146,6 +146,22 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(async move { Ok(vec![self.read_range(path, range).await?]) })
     }
 
+    /// [`Backend::read_range`] into `buf` (cleared first, its memory kept): a caller reading
+    /// many ranges keeps one buffer. By default through [`Backend::read_pieces`]; a local
+    /// directory reads straight into it.
+    fn read_range_into<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+        buf: &'a mut Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let pieces = self.read_pieces(path, range).await?;
+            fill(buf, pieces);
+            Ok(())
+        })
+    }
+
     /// Whether an object exists.
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
@@ -155,6 +171,14 @@ pub trait Backend: Send + Sync + 'static {
                 Err(e) => Err(e),
             }
         })
+    }
+}
+
+/// Puts `pieces` into `buf`, in place of what it held.
+pub(crate) fn fill(buf: &mut Vec<u8>, pieces: Vec<Bytes>) {
+    buf.clear();
+    for p in pieces {
+        buf.extend_from_slice(&p);
     }
 }
 
@@ -392,17 +416,13 @@ impl Storage {
         self.rt.block_on(self.backend.read_range(path, range))
     }
 
-    /// Reads `range` of an object into `buf` (cleared first, its memory kept), through the
-    /// service's pieces: a caller reading many ranges keeps one buffer, where a new one per
-    /// range (above the allocator's mmap threshold) costs a page fault per 4 KiB, and OpenDAL
-    /// zeroes each range it reads in one piece.
+    /// Reads `range` of an object into `buf` (cleared first, its memory kept): a caller
+    /// reading many ranges keeps one buffer, where a new one per range (above the
+    /// allocator's mmap threshold) costs a page fault per 4 KiB. From the caller's own
+    /// thread: a local directory is read on it.
     pub fn read_range_into(&self, path: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
-        let pieces = self.rt.block_on(self.backend.read_pieces(path, range))?;
-        buf.clear();
-        for p in pieces {
-            buf.extend_from_slice(&p);
-        }
-        Ok(())
+        self.rt
+            .block_on(self.backend.read_range_into(path, range, buf))
     }
 
     /// Reads `range` of an object, from a task.

@@ -87,7 +87,7 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
 /// [`decompress`] into `out` (cleared first, its capacity kept), a buffer the caller reuses.
 pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
-    out.reserve(raw_len);
+    super::reserve_reused(out, raw_len);
     DECOMPRESSOR
         .with_borrow_mut(|slot| {
             if slot.is_none() {

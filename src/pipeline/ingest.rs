@@ -315,15 +315,11 @@ impl Ingest<'_> {
         !self.index.contains(&id) && self.added.lock().expect("added lock").insert(id)
     }
 
-    /// A copy of `chunk` in a reused buffer. A buffer that must grow grows to the most a
-    /// reused one may hold at once: grown to fit each chunk in turn, it moved (and faulted
-    /// its pages afresh) again and again, half of an initial backup's page faults.
+    /// A copy of `chunk` in a reused buffer.
     fn copy(&self, chunk: &[u8]) -> Vec<u8> {
         let mut data = self.packing.spare_chunks.1.try_recv().unwrap_or_default();
         data.clear();
-        if chunk.len() > data.capacity() && chunk.len() <= REUSE_MAX {
-            data = Vec::with_capacity(REUSE_MAX);
-        }
+        crate::pipeline::reserve_reused(&mut data, chunk.len());
         data.extend_from_slice(chunk);
         data
     }

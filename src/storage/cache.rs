@@ -150,6 +150,21 @@ impl Backend for MetaCache {
         self.inner.read_pieces(path, range)
     }
 
+    fn read_range_into<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+        buf: &'a mut Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        if self.get(path).is_some() {
+            return Box::pin(async move {
+                super::fill(buf, vec![self.read_range(path, range).await?]);
+                Ok(())
+            });
+        }
+        self.inner.read_range_into(path, range, buf)
+    }
+
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.exists(path)
     }

@@ -68,6 +68,15 @@ impl Backend for DryRun {
         self.inner.read_pieces(path, range)
     }
 
+    fn read_range_into<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+        buf: &'a mut Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.inner.read_range_into(path, range, buf)
+    }
+
     fn exists<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.exists(path)
     }

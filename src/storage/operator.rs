@@ -6,7 +6,7 @@
 //! constructor that builds its `Operator` and calls [`OpendalBackend::new`].
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use opendal::Operator;
@@ -19,6 +19,10 @@ use crate::error::{Error, Result};
 pub struct OpendalBackend {
     op: Operator,
     location: String,
+    /// The directory of an `fs` operator: ranges are read from it straight into the
+    /// caller's buffer (OpenDAL reads into fresh, zeroed buffers of its own, on a thread
+    /// of its blocking pool, and they were then copied).
+    local: Option<PathBuf>,
 }
 
 impl OpendalBackend {
@@ -31,7 +35,11 @@ impl OpendalBackend {
                     .with_io_timeout(opts.timeout),
             )
             .layer(ConcurrentLimitLayer::new(opts.concurrency.max(1)));
-        OpendalBackend { op, location }
+        OpendalBackend {
+            op,
+            location,
+            local: None,
+        }
     }
 
     /// A local directory (OpenDAL `fs`). Writes go to `tmp/` and are renamed into place.
@@ -50,7 +58,10 @@ impl OpendalBackend {
         }
         let op = Operator::new(builder)
             .map_err(|e| Error::from(e).context(format!("opening repository {location}")))?;
-        Ok(Self::new(op, root_s.to_string(), opts))
+        Ok(OpendalBackend {
+            local: Some(root.clone()),
+            ..Self::new(op, root_s.to_string(), opts)
+        })
     }
 }
 
@@ -107,6 +118,51 @@ impl Backend for OpendalBackend {
                 .await
                 .map_err(|e| range_error(e, path, &range))?;
             Ok(buf.collect())
+        })
+    }
+
+    /// A local file is read with `pread` on the caller's thread, into `buf`'s own memory
+    /// (grown, and so zeroed, only where it is too short); the caller is on a thread of its
+    /// own ([`super::Storage::read_range_into`]).
+    fn read_range_into<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+        buf: &'a mut Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        let Some(root) = &self.local else {
+            return Box::pin(async move {
+                let pieces = self.read_pieces(path, range).await?;
+                super::fill(buf, pieces);
+                Ok(())
+            });
+        };
+        Box::pin(async move {
+            use std::os::unix::fs::FileExt;
+            let io = |e| named(opendal::raw::new_std_io_error(e), "reading", path);
+            let file = std::fs::File::open(root.join(path)).map_err(io)?;
+            let len = usize::try_from(range.end.saturating_sub(range.start))
+                .map_err(|_| Error::corrupt(format!("{path}: range {range:?} is too long")))?;
+            buf.resize(len, 0);
+            let mut got = 0;
+            while got < len {
+                match file.read_at(&mut buf[got..], range.start + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            buf.truncate(got);
+            if got < len {
+                // Objects are written whole and renamed into place: a short file stays short.
+                return Err(Error::corrupt(format!(
+                    "{path} is truncated: bytes {}..{} are past its end",
+                    range.start + got as u64,
+                    range.end
+                )));
+            }
+            Ok(())
         })
     }
 

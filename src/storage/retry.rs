@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Backend, BoxFuture, Listed, Meta};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How often and how patiently temporary errors are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,18 +54,29 @@ impl RetryPolicy {
     ) -> Result<T> {
         let mut n = 1;
         loop {
-            match op().await {
-                Err(e) if e.is_temporary() && n < self.attempts => {
-                    tracing::info!(
-                        "retrying {path} after a transient error: {}",
-                        crate::error::chain(&e)
-                    );
-                    tokio::time::sleep(self.delay(n)).await;
-                    n += 1;
-                }
-                r => return r,
+            let e = match op().await {
+                Err(e) => e,
+                ok => return ok,
+            };
+            if !self.again(path, &e, n).await {
+                return Err(e);
             }
+            n += 1;
         }
+    }
+
+    /// Whether to try again after attempt `n` failed with `e`; if so, it has been logged and
+    /// waited for.
+    async fn again(&self, path: &str, e: &Error, n: u32) -> bool {
+        if !e.is_temporary() || n >= self.attempts {
+            return false;
+        }
+        tracing::info!(
+            "retrying {path} after a transient error: {}",
+            crate::error::chain(e)
+        );
+        tokio::time::sleep(self.delay(n)).await;
+        true
     }
 }
 
@@ -139,6 +150,30 @@ impl Backend for Retry {
                 Ok(pieces)
             })
         }))
+    }
+
+    /// As [`Backend::read_range`]: less than the range is a truncated transfer.
+    fn read_range_into<'a>(
+        &'a self,
+        path: &'a str,
+        range: Range<u64>,
+        buf: &'a mut Vec<u8>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let want = range.end.saturating_sub(range.start);
+            let mut n = 1;
+            loop {
+                let e = match self.inner.read_range_into(path, range.clone(), buf).await {
+                    Ok(()) if buf.len() as u64 == want => return Ok(()),
+                    Ok(()) => super::short_read(path, buf.len() as u64, want),
+                    Err(e) => e,
+                };
+                if !self.policy.again(path, &e, n).await {
+                    return Err(e);
+                }
+                n += 1;
+            }
+        })
     }
 
     /// The whole read (stat, read, length check) is retried as one: a short read may mean

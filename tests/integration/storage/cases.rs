@@ -39,20 +39,37 @@ fn read_eq(c: &Ctx, path: &str, want: &[u8]) {
     panic!("{path}: never read back intact");
 }
 
-/// [`read_eq`] for a range.
-fn range_eq(c: &Ctx, path: &str, range: Range<u64>, want: &[u8]) {
-    for _ in 0..8 {
-        let got = c
-            .storage
-            .read_range(path, range.clone())
-            .unwrap_or_else(|e| panic!("reading {path} {range:?}: {e}"));
-        if got == want {
-            return;
+/// [`read_eq`] for a range, read both ways: into a new buffer, and into `buf`, a buffer
+/// reused from read to read (whatever it held before must not show).
+fn range_eq(c: &Ctx, path: &str, range: Range<u64>, want: &[u8], buf: &mut Vec<u8>) {
+    for into in [false, true] {
+        let mut intact = false;
+        for _ in 0..8 {
+            let got = if into {
+                c.storage
+                    .read_range_into(path, range.clone(), buf)
+                    .map(|()| buf.clone())
+            } else {
+                c.storage
+                    .read_range(path, range.clone())
+                    .map(|b| b.to_vec())
+            }
+            .unwrap_or_else(|e| panic!("reading {path} {range:?} (into: {into}): {e}"));
+            if got == want {
+                intact = true;
+                break;
+            }
+            assert!(
+                corrupts(c),
+                "{path} {range:?} (into: {into}): not what was written"
+            );
+            assert_eq!(got.len(), want.len());
         }
-        assert!(corrupts(c), "{path} {range:?}: not what was written");
-        assert_eq!(got.len(), want.len());
+        assert!(
+            intact,
+            "{path} {range:?} (into: {into}): never read back intact"
+        );
     }
-    panic!("{path} {range:?}: never read back intact");
 }
 
 /// Lists `dir`; under list lag, lists until every object in `want` showed up (each listing
@@ -93,17 +110,41 @@ pub fn write_then_read(c: &Ctx) {
 pub fn read_range(c: &Ctx) {
     let data = noise(7, 100_000);
     c.storage.write("rr/obj", data.clone()).unwrap();
-    for r in [0..1, 0..100_000, 500..1500, 99_999..100_000, 4096..8192] {
+    // Long, short, long again: one buffer serves them all.
+    let mut buf = Vec::new();
+    for r in [
+        0..1,
+        0..100_000,
+        500..1500,
+        99_999..100_000,
+        4096..8192,
+        7..99_993,
+    ] {
         range_eq(
             c,
             "rr/obj",
             r.clone(),
             &data[r.start as usize..r.end as usize],
+            &mut buf,
         );
     }
     assert!(c.storage.read_range("rr/obj", 10..10).unwrap().is_empty());
+    c.storage
+        .read_range_into("rr/obj", 10..10, &mut buf)
+        .unwrap();
+    assert!(buf.is_empty());
     // Past the end: the object is shorter than asked, which is truncation.
     let e = c.storage.read_range("rr/obj", 99_000..101_000).unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+    let e = c
+        .storage
+        .read_range_into("rr/obj", 99_000..101_000, &mut buf)
+        .unwrap_err();
+    assert!(e.to_string().contains("truncated"), "{e}");
+    let e = c
+        .storage
+        .read_range_into("rr/obj", 200_000..200_010, &mut buf)
+        .unwrap_err();
     assert!(e.to_string().contains("truncated"), "{e}");
 }
 
@@ -205,6 +246,15 @@ pub fn read_missing_is_not_found(c: &Ctx) {
             .unwrap_err()
             .is_not_found()
     );
+    let e = c
+        .storage
+        .read_range_into("missing/obj", 0..10, &mut Vec::new())
+        .unwrap_err();
+    assert!(e.is_not_found() && !e.is_temporary(), "{e}");
+    assert!(
+        e.to_string().contains("missing/obj"),
+        "names the object: {e}"
+    );
     assert!(c.storage.stat("missing/obj").unwrap_err().is_not_found());
     assert!(!c.storage.exists("missing/obj").unwrap());
 }
@@ -297,7 +347,13 @@ pub fn large_object(c: &Ctx) {
         assert_eq!(c.storage.hash(&path, data.len() as u64).unwrap(), id);
     }
     let r = (4 << 20) - 100..(4 << 20) + 100;
-    range_eq(c, &path, r.clone(), &data[r.start as usize..r.end as usize]);
+    range_eq(
+        c,
+        &path,
+        r.clone(),
+        &data[r.start as usize..r.end as usize],
+        &mut Vec::new(),
+    );
 }
 
 pub fn odd_names(c: &Ctx) {
