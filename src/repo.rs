@@ -200,7 +200,12 @@ impl Repo {
             }
             Err(e) => return Err(e),
         };
-        let config = RepoConfig::decode(&raw)?;
+        // The config is not named by its hash: one that does not decode is read once more
+        // (a corrupted transfer) before it is reported.
+        let mut config = match RepoConfig::decode(&raw) {
+            Ok(c) => c,
+            Err(_) => RepoConfig::decode(&storage.read("config")?)?,
+        };
         let keys = storage.list("keys/")?;
         let crypto = if config.encrypted {
             let pass = passphrase()?;
@@ -239,15 +244,28 @@ impl Repo {
                             found = Some(key);
                             break;
                         }
-                        Err(e) => tampered = Some(e),
+                        Err(e) => tampered = Some((key, e)),
                     },
                     Err(e) => last = Some(e),
                 }
             }
+            // A key that opened but did not verify the config: the config is read once more
+            // (a corrupted transfer) before it is reported as altered.
+            if found.is_none()
+                && let Some((key, _)) = &tampered
+                && let Ok(again) = RepoConfig::decode(&storage.read("config")?)
+                && again.verify(key).is_ok()
+            {
+                config = again;
+                found = tampered.take().map(|(key, _)| key);
+            }
             match found {
                 Some(key) => Crypto::keyed(&key),
                 None => {
-                    return Err(tampered.or(last).expect("at least one key file was tried"));
+                    return Err(tampered
+                        .map(|(_, e)| e)
+                        .or(last)
+                        .expect("at least one key file was tried"));
                 }
             }
         } else {

@@ -283,3 +283,81 @@ pub fn policy_check(env: &Env, file: impl AsRef<Path>) -> std::process::Output {
         .output()
         .expect("run backstop")
 }
+
+/// A service that flips one bit, at byte `at`, in the first `times` transfers in one
+/// direction (`writes`, or reads) of objects named `only` (or of every object): a corrupted
+/// transfer, on the way in or out.
+pub struct Flipped {
+    pub inner: std::sync::Arc<dyn backstop::storage::Backend>,
+    pub writes: bool,
+    pub only: Option<&'static str>,
+    pub at: usize,
+    pub times: std::sync::atomic::AtomicUsize,
+}
+
+impl Flipped {
+    fn pass(&self, path: &str, bytes: bytes::Bytes) -> bytes::Bytes {
+        use std::sync::atomic::Ordering::SeqCst;
+        let flip = self.only.is_none_or(|o| o == path)
+            && self
+                .times
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if !flip || bytes.len() <= self.at {
+            return bytes;
+        }
+        let mut v = bytes.to_vec();
+        v[self.at] ^= 1;
+        v.into()
+    }
+}
+
+impl backstop::storage::Backend for Flipped {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    fn read_range<'a>(
+        &'a self,
+        path: &'a str,
+        range: std::ops::Range<u64>,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            let data = self.inner.read_range(path, range).await?;
+            Ok(if self.writes {
+                data
+            } else {
+                self.pass(path, data)
+            })
+        })
+    }
+    fn write<'a>(
+        &'a self,
+        path: &'a str,
+        bytes: bytes::Bytes,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<()>> {
+        let bytes = if self.writes {
+            self.pass(path, bytes)
+        } else {
+            bytes
+        };
+        self.inner.write(path, bytes)
+    }
+    fn list<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<Vec<backstop::storage::Listed>>> {
+        self.inner.list(dir)
+    }
+    fn stat<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<backstop::storage::Meta>> {
+        self.inner.stat(path)
+    }
+    fn delete<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> backstop::storage::BoxFuture<'a, backstop::Result<()>> {
+        self.inner.delete(path)
+    }
+}

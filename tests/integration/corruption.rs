@@ -1,5 +1,7 @@
 //! Corruption: a flipped byte in any pack is found, named, and fails only what it touches.
 
+use std::sync::Arc;
+
 use super::common::*;
 
 fn flip(path: &std::path::Path, at: u64) {
@@ -172,4 +174,40 @@ fn subset_verification_rotates_through_least_recently_verified_packs() {
         total,
         "each run verified a pack not verified before"
     );
+}
+
+#[test]
+fn a_config_corrupted_in_transfer_is_read_again_and_one_corrupt_on_disk_is_reported() {
+    use backstop::storage::{StorageOptions, operator::OpendalBackend};
+    let env = Env::new();
+    env.init();
+    let raw = std::fs::read_to_string(env.repo().join("config")).unwrap();
+    // A flip that breaks the JSON, and one in the id that only the MAC notices.
+    let in_json = 0;
+    let in_id = raw.find("\"id\": \"").unwrap() + 10;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for at in [in_json, in_id] {
+        for (times, opens) in [(1, true), (usize::MAX, false)] {
+            let opts = StorageOptions::default();
+            let fs = OpendalBackend::fs(env.repo().to_str().unwrap(), &opts).unwrap();
+            // The first `times` reads of `config` come back with one bit flipped at `at`.
+            let service = Arc::new(Flipped {
+                inner: Arc::new(fs),
+                writes: false,
+                only: Some("config"),
+                at,
+                times: times.into(),
+            });
+            let storage = backstop::Storage::from_backend(service, rt.handle().clone(), opts);
+            let res = backstop::Repo::open(storage, || Ok(PASSWORD.as_bytes().to_vec()));
+            match res {
+                Ok(_) => assert!(opens, "flip at {at}, every read: opened"),
+                Err(e) => {
+                    assert!(!opens, "flip at {at}, first read only: {e}");
+                    assert_eq!(e.kind(), backstop::ErrorKind::Corrupt, "{e}");
+                    assert!(e.to_string().contains("config"), "{e}");
+                }
+            }
+        }
+    }
 }

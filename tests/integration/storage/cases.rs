@@ -4,14 +4,14 @@
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use backstop::Id;
-use backstop::storage::{Backend, BoxFuture, Listed, Meta, Storage, StorageOptions};
+use backstop::storage::{Listed, Storage, StorageOptions};
 use bytes::Bytes;
 
 use super::Ctx;
-use crate::integration::common::noise;
+use crate::integration::common::{Flipped, noise};
 
 /// Whether reads may return corrupted bytes (callers detect it by hash and read again).
 fn corrupts(c: &Ctx) -> bool {
@@ -259,54 +259,15 @@ pub fn read_missing_is_not_found(c: &Ctx) {
     assert!(!c.storage.exists("missing/obj").unwrap());
 }
 
-/// A service whose first `bad` writes store one flipped bit.
-struct BadWrites {
-    inner: Arc<dyn Backend>,
-    bad: AtomicUsize,
-}
-
-impl Backend for BadWrites {
-    fn location(&self) -> &str {
-        self.inner.location()
-    }
-    fn read_range<'a>(
-        &'a self,
-        path: &'a str,
-        range: Range<u64>,
-    ) -> BoxFuture<'a, backstop::Result<Bytes>> {
-        self.inner.read_range(path, range)
-    }
-    fn write<'a>(&'a self, path: &'a str, bytes: Bytes) -> BoxFuture<'a, backstop::Result<()>> {
-        let bad = self
-            .bad
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        let bytes = if bad && !bytes.is_empty() {
-            let mut v = bytes.to_vec();
-            v[0] ^= 1;
-            Bytes::from(v)
-        } else {
-            bytes
-        };
-        self.inner.write(path, bytes)
-    }
-    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, backstop::Result<Vec<Listed>>> {
-        self.inner.list(dir)
-    }
-    fn stat<'a>(&'a self, path: &'a str) -> BoxFuture<'a, backstop::Result<Meta>> {
-        self.inner.stat(path)
-    }
-    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, backstop::Result<()>> {
-        self.inner.delete(path)
-    }
-}
-
 pub fn write_verified_detects_a_bad_write(c: &Ctx) {
     let storage = |bad| {
         Storage::from_backend(
-            Arc::new(BadWrites {
+            Arc::new(Flipped {
                 inner: c.service.clone(),
-                bad: AtomicUsize::new(bad),
+                writes: true,
+                only: None,
+                at: 0,
+                times: AtomicUsize::new(bad),
             }),
             c.rt.handle().clone(),
             StorageOptions {
