@@ -155,11 +155,7 @@ pub trait Backend: Send + Sync + 'static {
         range: Range<u64>,
         buf: &'a mut Vec<u8>,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let pieces = self.read_pieces(path, range).await?;
-            fill(buf, pieces);
-            Ok(())
-        })
+        Box::pin(pieces_into(self, path, range, buf))
     }
 
     /// Whether an object exists.
@@ -172,6 +168,17 @@ pub trait Backend: Send + Sync + 'static {
             }
         })
     }
+}
+
+/// [`Backend::read_range_into`] through [`Backend::read_pieces`].
+pub(crate) async fn pieces_into<B: Backend + ?Sized>(
+    b: &B,
+    path: &str,
+    range: Range<u64>,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    fill(buf, b.read_pieces(path, range).await?);
+    Ok(())
 }
 
 /// Puts `pieces` into `buf`, in place of what it held.

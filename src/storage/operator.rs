@@ -131,11 +131,7 @@ impl Backend for OpendalBackend {
         buf: &'a mut Vec<u8>,
     ) -> BoxFuture<'a, Result<()>> {
         let Some(root) = &self.local else {
-            return Box::pin(async move {
-                let pieces = self.read_pieces(path, range).await?;
-                super::fill(buf, pieces);
-                Ok(())
-            });
+            return Box::pin(super::pieces_into(self, path, range, buf));
         };
         Box::pin(async move {
             use std::os::unix::fs::FileExt;
