@@ -127,10 +127,10 @@ pub enum Command {
         copy_chunker_params: bool,
         /// Memory the password's key derivation (Argon2id) takes, in MiB, every time the
         /// repository is opened: an attacker pays it for every password tried.
-        #[arg(long, value_name = "MIB", default_value_t = KdfParams::default().memory_kib / 1024, value_parser = clap::value_parser!(u32).range(8..=1024))]
+        #[arg(long, value_name = "MIB", conflicts_with = "no_encryption", default_value_t = KdfParams::default().memory_kib / 1024, value_parser = clap::value_parser!(u32).range(8..=1024))]
         kdf_memory_mib: u32,
         /// Passes of the key derivation over that memory (time per open and per guess).
-        #[arg(long, value_name = "N", default_value_t = KdfParams::default().iterations, value_parser = clap::value_parser!(u32).range(1..=16))]
+        #[arg(long, value_name = "N", conflicts_with = "no_encryption", default_value_t = KdfParams::default().iterations, value_parser = clap::value_parser!(u32).range(1..=16))]
         kdf_passes: u32,
         #[command(flatten)]
         from: FromRepoArgs,

@@ -313,6 +313,16 @@ fn init_writes_the_chosen_key_derivation_cost_and_refuses_one_out_of_range() {
         assert!(err.contains(bad[0]), "{bad:?}: {err}");
         assert!(!env.repo().join("config").exists());
     }
+    // No passphrase, nothing to derive: asking for a cost is a mistake, not ignored.
+    let env = Env::new();
+    let out = env
+        .run(&["init", "--no-encryption", "--kdf-memory-mib", "64"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--no-encryption"), "{err}");
+    assert!(!env.repo().join("config").exists());
 }
 
 /// A small tmpfs, unmounted when dropped.
